@@ -1,0 +1,107 @@
+"""Tables and pictures of the slice stores for the pre-processing chapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .intensity import PAPER_HU_RANGE, interval_map
+from .store import SliceStore
+
+
+def store_summary(stores: dict[str, SliceStore]) -> pd.DataFrame:
+    """One row per store: task, slices, patients, image size, normalisation, synthetic or not."""
+    rows = []
+    for name, s in stores.items():
+        m = s.meta
+        rows.append({
+            "store": name, "task": m["task"], "classes": len(m["class_names"]) or "-", "slices": m["num_slices"],
+            "patients": m["num_patients"], "image size": f"{m['image_size']}²", "mean": round(m["mean"], 4),
+            "std": round(m["std"], 4), "masks": m["has_masks"], "skipped files": m.get("skipped", 0),
+            "data": "synthetic" if m.get("synthetic") else "user",
+        })
+    return pd.DataFrame(rows).set_index("store")
+
+
+def class_counts(stores: dict[str, SliceStore]) -> pd.DataFrame:
+    """Slices per store, split and class (labelled stores only)."""
+    frames = []
+    for name, s in stores.items():
+        if s.meta["task"] == "unlabeled":
+            continue
+        names = s.class_names
+        man = s.manifest.assign(store=name, cls=[names[k] if 0 <= k < len(names) else str(k) for k in s.labels])
+        frames.append(man.groupby(["store", "cls", "split"]).size().rename("slices"))
+    table = pd.concat(frames).unstack("split", fill_value=0)
+    return table[[c for c in ("train", "val", "test") if c in table.columns]]
+
+
+def show_examples(stores: dict[str, SliceStore], n: int = 6, seed: int = 0) -> plt.Figure:
+    """A row of example slices per store, titled with the class, lesion masks outlined in red."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(stores), n, figsize=(1.7 * n, 1.9 * len(stores)), squeeze=False)
+    for row, (name, s) in zip(axes, stores.items()):
+        labels = s.labels
+        if s.meta["task"] == "unlabeled":
+            picks = rng.choice(len(s), size=min(n, len(s)), replace=False)
+        else:  # alternate classes so every class shows up
+            classes = np.unique(labels)
+            picks = [rng.choice(np.flatnonzero(labels == classes[i % len(classes)])) for i in range(n)]
+        for ax, i in zip(row, picks):
+            ax.imshow(s.images[i], cmap="gray", vmin=0, vmax=255)
+            if s.masks is not None and s.masks[i].any():
+                ax.contour(s.masks[i], levels=[0.5], colors="red", linewidths=0.8)
+            title = s.class_names[labels[i]] if labels[i] >= 0 and s.class_names else "unlabelled"
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        row[0].text(-0.1, 0.5, name, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=11)
+        for ax in row[len(picks):]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU_RANGE) -> plt.Figure:
+    """Histogram of HU values of a CT series and of the same voxels after the interval mapping."""
+    hu = np.asarray(hu_values, dtype=np.float32).ravel()
+    grey = interval_map(hu, *hu_range)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    a.hist(hu, bins=200, color="tab:blue", log=True)
+    a.axvline(hu_range[0], color="k", ls="--", lw=0.8)
+    a.axvline(hu_range[1], color="k", ls="--", lw=0.8)
+    a.set(xlabel="Hounsfield units", ylabel="voxels (log)", title="before: HU")
+    b.hist(grey, bins=256, range=(0, 255), color="tab:orange", log=True)
+    b.set(xlabel="grey value", title=f"after: {hu_range[0]:g}…{hu_range[1]:g} HU → 0…255")
+    fig.tight_layout()
+    return fig
+
+
+def slice_browser(store: SliceStore):
+    """An ipywidgets browser of a store's slices (and masks) for JupyterLab."""
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+    slider = widgets.IntSlider(value=0, min=0, max=len(store) - 1, description="slice", continuous_update=False)
+    show_mask = widgets.Checkbox(value=store.masks is not None, description="mask", disabled=store.masks is None)
+
+    def draw(*_):
+        i = slider.value
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(3.5, 3.5))
+            ax.imshow(store.images[i], cmap="gray", vmin=0, vmax=255)
+            if show_mask.value and store.masks is not None and store.masks[i].any():
+                ax.contour(store.masks[i], levels=[0.5], colors="red")
+            row = store.manifest.iloc[i]
+            label = store.class_names[row.label] if row.label >= 0 and store.class_names else "unlabelled"
+            ax.set_title(f"#{i} {label} ({row.split}) patient {row.patient[:6]}…", fontsize=8)
+            ax.axis("off")
+            plt.show()
+
+    slider.observe(draw, "value")
+    show_mask.observe(draw, "value")
+    draw()
+    return widgets.VBox([widgets.HBox([slider, show_mask]), out])
