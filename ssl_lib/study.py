@@ -97,10 +97,32 @@ def stage_book(paths: StudyPaths) -> Path:
     for step in STEPS:
         executed = paths.notebooks / Path(step.notebook).name
         # a step not run yet appears with its template (prose, no outputs)
-        shutil.copy2(executed if executed.exists() else step.template, stage / "notebooks" / executed.name)
+        _copy_without_widget_state(executed if executed.exists() else step.template, stage / "notebooks" / executed.name)
     if paths.timings.exists():
         _append_timings(stage / "book" / "reproduce.md", pd.read_csv(paths.timings))
     return stage
+
+
+def _copy_without_widget_state(src: Path, dst: Path) -> None:
+    """Copy a notebook for the book, dropping live-widget state and views.
+
+    Widgets need a kernel (JupyterLab); in a static page their state would make the build load
+    require.js and the widget manager from a CDN. Each widget cell of ours also draws a static
+    figure, which the book keeps.
+    """
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                data.pop("application/vnd.jupyter.widget-view+json")
+                data["text/plain"] = "(interactive widget: open this notebook in JupyterLab to use it)"
+    nbformat.write(nb, dst)
 
 
 def _append_timings(page: Path, timings: pd.DataFrame) -> None:
@@ -120,7 +142,7 @@ def _append_timings(page: Path, timings: pd.DataFrame) -> None:
 def build_book(paths: StudyPaths) -> Path:
     """Build the staged book to HTML offline; returns the path of ``index.html``."""
     stage = stage_book(paths)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--quiet", "--keep-going"]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--quiet", "--keep-going"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StudyError(f"the book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
