@@ -105,3 +105,30 @@ def slice_browser(store: SliceStore):
     show_mask.observe(draw, "value")
     draw()
     return widgets.VBox([widgets.HBox([slider, show_mask]), out])
+
+
+def series_hu(lidc_root: str | Path, max_slices: int = 64) -> np.ndarray:
+    """HU values of the first CT series of a LIDC-IDRI tree (up to ``max_slices`` slices), float32 ``(S, H, W)``.
+
+    For the before/after histogram of the interval mapping; uses the LIDC reader's own series
+    walk and DICOM decoding.
+    """
+    from .readers.dicom import decode_hu, modality, read_dicom
+    from .readers.lidc import LidcReader
+
+    reader = LidcReader(lidc_root)
+    for _, _, files in reader.series():
+        if len(files) <= reader.min_series_images:
+            continue
+        datasets = [(f, read_dicom(f)) for f in files[:max_slices]]
+        if all(modality(ds) == "CT" for _, ds in datasets):
+            return np.stack([decode_hu(ds, f) for f, ds in datasets])
+    raise ValueError(f"{lidc_root}: no CT series with more than {reader.min_series_images} images")
+
+
+def hu_histogram_of(lidc_root: str | Path | None, output_dir: str | Path) -> plt.Figure:
+    """:func:`hu_histogram` of the first CT series under ``lidc_root`` (empty: the synthetic LIDC tree)."""
+    from ..paths import StudyPaths
+    from .synthetic import sources_at
+
+    return hu_histogram(series_hu(lidc_root or sources_at(StudyPaths(output_dir).synthetic).lidc))
