@@ -1,0 +1,245 @@
+"""SparK: sparse, hierarchical masked image modelling for a torchvision ResNet.
+
+Tian et al. 2023, "Designing BERT for Convolutional Networks: Sparse and Hierarchical Masked
+Modeling" (ICLR). Our own compact implementation (no library has SparK):
+
+- **Mask**: the image is cut into ``32 x 32`` patches (the encoder's downsample ratio); a bool
+  mask ``(B, 1, h, w)``, ``h = w = image_size // 32``, ``True`` = visible, keeps exactly
+  ``round(h * w * (1 - mask_ratio))`` patches per image (60 % masked by default).
+- **Sparse encoder**: the *unchanged* ResNet is walked op by op (:meth:`SparK.sparse_features`);
+  the masked image goes in, every conv/pool/BN output is multiplied by the mask upsampled to its
+  resolution, and batch norm takes its batch statistics over visible positions only
+  (:func:`masked_batch_norm`, which uses the BN module's own weight, bias and running buffers).
+  So masked positions stay exactly zero and visible outputs never see masked pixels, and the
+  encoder's ``state_dict`` stays a plain torchvision one (export it with ``encoder_state_dict``).
+- **Densify + light U-Net decoder**: each of the 4 stage maps (layer1..layer4) gets a masked BN,
+  its masked positions are filled with a learned mask token (one per stage), and a 1x1 conv
+  projects it to the decoder width of that scale (``d, d/2, d/4, d/8`` from layer4 to layer1).
+  Decoding starts at layer4 (1/32), each up-block doubles the resolution and adds the next
+  projected stage; two more up-blocks reach full resolution, a 1x1 conv gives ``in_chans``.
+- **Loss**: mean squared error to the per-patch, per-channel normalised image (mean/var over
+  the patch's pixels, eps 1e-6), averaged over masked patches only.
+
+Shapes: ``x`` (B, C, H, W) normalised images with ``H = W = image_size``; stage maps
+(B, C_i, H / 2**(i+1), W / 2**(i+1)) for i = 1..4.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+DOWNSAMPLE_RATIO = 32
+
+
+def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Batch norm of ``x`` (B, C, H, W) with statistics over visible positions only.
+
+    ``visible``: float (B, 1, H, W) of 0/1. In training the batch mean/(biased) variance over
+    visible positions normalise ``x`` and update ``bn``'s running stats with its momentum
+    (unbiased variance, as ``nn.BatchNorm2d``); in eval the running stats are used. Uses ``bn``'s
+    own weight/bias/buffers (no new parameters). Output is zero at masked positions.
+    """
+    if bn.training or not bn.track_running_stats:
+        dtype = torch.promote_types(x.dtype, torch.float32)  # statistics in >= float32 (AMP-safe)
+        xf, vf = x.to(dtype), visible.to(dtype)
+        n = vf.sum()
+        mean = (xf * vf).sum((0, 2, 3)) / n.clamp(min=1)
+        var = ((xf - mean[None, :, None, None]).square() * vf).sum((0, 2, 3)) / n.clamp(min=1)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                weight = momentum * (n > 1).to(bn.running_mean.dtype)  # skip the update when (almost) nothing is visible
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), weight)
+                unbiased = var * n / (n - 1).clamp(min=1)
+                bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), weight)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    shift = -mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    y = x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
+    return y * visible
+
+
+class _Masks:
+    """The patch mask upsampled (nearest) to any feature resolution, cached per forward call."""
+
+    def __init__(self, mask: torch.Tensor, dtype: torch.dtype):
+        self.mask, self.dtype, self.cache = mask, dtype, {}
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        size = t.shape[-2:]
+        if size not in self.cache:
+            r = size[0] // self.mask.shape[-2]
+            self.cache[size] = self.mask.repeat_interleave(r, 2).repeat_interleave(r, 3).to(self.dtype)
+        return self.cache[size]
+
+
+def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks) -> torch.Tensor:
+    """One BasicBlock/Bottleneck (conv_i-bn_i-relu ..., downsample path, residual) kept sparse."""
+    out, i = x, 1
+    while hasattr(block, f"conv{i}"):
+        out = getattr(block, f"conv{i}")(out)
+        out = masked_batch_norm(out, masks.at(out), getattr(block, f"bn{i}"))
+        i += 1
+        if hasattr(block, f"conv{i}"):
+            out = F.relu(out)
+    identity = x
+    if block.downsample is not None:
+        conv, bn = block.downsample
+        identity = conv(x)
+        identity = masked_batch_norm(identity, masks.at(identity), bn)
+    return F.relu(out + identity)
+
+
+class _UpBlock(nn.Module):
+    """2x upsampling (transposed conv) then conv3x3-BN-ReLU twice: (B, cin, h, w) -> (B, cout, 2h, 2w)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cin, kernel_size=2, stride=2)
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.up(x))
+
+
+class SparK(nn.Module):
+    """Sparse masked modelling around a torchvision ResNet (see the module docstring).
+
+    ``encoder``: ResNet18/34/50 from ``build_backbone`` (its ``fc`` is set to ``nn.Identity``);
+    ``decoder_width``: width at 1/32 scale, halved per up-block (default: layer4 width // 4,
+    i.e. 512 for ResNet50, 128 for ResNet18/34); must be a multiple of 32.
+    """
+
+    def __init__(self, encoder: ResNet, *, image_size: int, mask_ratio: float = 0.6,
+                 decoder_width: int | None = None, in_chans: int = 3):
+        super().__init__()
+        if not isinstance(encoder, ResNet):
+            raise ValueError(f"SparK needs a torchvision ResNet encoder, got {type(encoder).__name__}")
+        blocks = {type(b) for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4) for b in layer}
+        if not blocks <= {BasicBlock, Bottleneck}:
+            raise ValueError(f"SparK supports ResNets built of BasicBlock/Bottleneck, got {blocks}")
+        if image_size <= 0 or image_size % DOWNSAMPLE_RATIO:
+            raise ValueError(f"image_size must be a positive multiple of {DOWNSAMPLE_RATIO}, got {image_size}")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}")
+        widths = [getattr(layer[-1], "bn3", layer[-1].bn2).num_features
+                  for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4)]
+        d = widths[-1] // 4 if decoder_width is None else decoder_width
+        if d < 32 or d % 32:
+            raise ValueError(f"decoder_width must be a positive multiple of 32, got {d}")
+        encoder.fc = nn.Identity()
+        self.encoder = encoder
+        self.downsample_ratio = DOWNSAMPLE_RATIO
+        self.image_size, self.mask_ratio, self.in_chans, self.decoder_width = image_size, mask_ratio, in_chans, d
+        self.grid = image_size // DOWNSAMPLE_RATIO
+        self.num_visible = round(self.grid * self.grid * (1 - mask_ratio))
+        if self.num_visible < 1:
+            raise ValueError(f"mask_ratio {mask_ratio} leaves no visible patch on a {self.grid}x{self.grid} grid")
+        dec_widths = [d // 8, d // 4, d // 2, d]  # decoder width at the scale of layer1..layer4
+        self.densify_norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)
+        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1)) for c in widths)
+        for token in self.mask_tokens:
+            nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
+        self.projs = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(widths, dec_widths))
+        # up-blocks: 1/32 -> 1/16 -> 1/8 -> 1/4 (U-Net merges) -> 1/2 -> 1 (head)
+        chans = [d, d // 2, d // 4, d // 8, d // 16, d // 32]
+        self.decoder = nn.ModuleList(_UpBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.head = nn.Conv2d(chans[-1], in_chans, 1)
+
+    # ----------------------------------------------------------------------------- masks
+    def random_mask(self, batch_size: int, *, device=None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Bool (B, 1, h, w), ``True`` = visible, exactly ``self.num_visible`` visible per sample."""
+        if device is None:
+            device = self.mask_tokens[0].device
+        L = self.grid * self.grid
+        noise = torch.rand(batch_size, L, generator=generator,
+                           device=generator.device if generator is not None else device)
+        keep = noise.argsort(dim=1)[:, : self.num_visible].to(device)
+        mask = torch.zeros(batch_size, L, dtype=torch.bool, device=device).scatter_(1, keep, True)
+        return mask.view(batch_size, 1, self.grid, self.grid)
+
+    def _check(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        want = (self.in_chans, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"SparK expects images of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                             f"got {tuple(x.shape)} (image size must be {self.image_size}, a multiple of 32)")
+        if mask is not None:
+            if mask.dtype != torch.bool or tuple(mask.shape) != (x.shape[0], 1, self.grid, self.grid):
+                raise ValueError(f"mask must be bool of shape ({x.shape[0]}, 1, {self.grid}, {self.grid}) "
+                                 f"(True = visible), got {mask.dtype} {tuple(mask.shape)}")
+
+    # ----------------------------------------------------------------------------- encoder
+    def sparse_features(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Sparse encoder forward: x (B,C,H,W), mask (B,1,h,w) bool -> [layer1..layer4] maps, zero where masked."""
+        self._check(x, mask)
+        enc, masks = self.encoder, _Masks(mask, x.dtype)
+        x = x * masks.at(x)
+        x = enc.conv1(x)
+        x = F.relu(masked_batch_norm(x, masks.at(x), enc.bn1))
+        x = enc.maxpool(x)
+        x = x * masks.at(x)
+        feats = []
+        for layer in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
+            for block in layer:
+                x = _sparse_block(block, x, masks)
+            feats.append(x)
+        return feats
+
+    # ----------------------------------------------------------------------------- loss
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        p = self.downsample_ratio
+        return x.reshape(B, C, H // p, p, W // p, p)
+
+    def patch_loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE of ``pred`` (B,C,H,W) to per-patch-per-channel normalised ``x``, mean over masked patches."""
+        target = self._patches(x.float())
+        mean = target.mean(dim=(3, 5), keepdim=True)
+        std = (target.var(dim=(3, 5), unbiased=False, keepdim=True) + 1e-6).sqrt()
+        per_patch = (self._patches(pred.float()) - (target - mean) / std).square().mean(dim=(1, 3, 5))  # (B,h,w)
+        masked = (~mask[:, 0]).float()
+        return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+
+    def _denormalise(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        target = self._patches(x.float())
+        mean = target.mean(dim=(3, 5), keepdim=True)
+        std = (target.var(dim=(3, 5), unbiased=False, keepdim=True) + 1e-6).sqrt()
+        return (self._patches(pred.float()) * std + mean).reshape(x.shape).to(x.dtype)
+
+    # ----------------------------------------------------------------------------- forward
+    def decode(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Densify the 4 sparse stage maps and decode: -> (B, in_chans, H, W) in normalised-patch units."""
+        masks = _Masks(mask, feats[0].dtype)
+        dense = []
+        for f, norm, token, proj in zip(feats, self.densify_norms, self.mask_tokens, self.projs):
+            vis = masks.at(f)
+            f = masked_batch_norm(f, vis, norm)
+            dense.append(proj(torch.where(vis.bool(), f, token.to(f.dtype))))
+        y = dense[3]
+        for i, block in enumerate(self.decoder):
+            y = block(y)
+            if i < 3:
+                y = y + dense[2 - i]
+        return self.head(y)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """x (B,C,H,W) -> {"loss": scalar, "reconstruction": (B,C,H,W) detached, image scale, "mask": (B,1,h,w)}."""
+        self._check(x, mask)
+        if mask is None:
+            mask = self.random_mask(x.shape[0], device=x.device)
+        pred = self.decode(self.sparse_features(x, mask), mask)
+        loss = self.patch_loss(pred, x, mask)
+        with torch.no_grad():
+            reconstruction = self._denormalise(pred.detach(), x)
+        return {"loss": loss, "reconstruction": reconstruction, "mask": mask}
