@@ -1,0 +1,253 @@
+"""Tests for ssl_lib.explain: Grad-CAM maps, method correlation, localisation scores, figures."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ssl_lib import explain  # noqa: E402
+from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
+from ssl_lib.models.classifier import Classifier, save_classifier  # noqa: E402
+from ssl_lib.paths import StudyPaths  # noqa: E402
+
+SIZE = 64  # layer4 of a ResNet gives 2 x 2 at 64 px: the smallest size with a non-constant map
+
+
+def _disk(size, cy, cx, r):
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(40, 90, size=(n, SIZE, SIZE), dtype=np.uint8)
+    masks = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        masks[i] = _disk(SIZE, rng.integers(16, 48), rng.integers(16, 48), rng.integers(4, 10))
+        imgs[i][masks[i] > 0] = 220
+    return imgs, masks
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return Classifier("resnet18", 2).eval()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A temp output folder with a tiny 'covid' store (masks) and a saved classifier per init."""
+    out = tmp_path_factory.mktemp("study")
+    paths = StudyPaths(out)
+    imgs, masks = _images(12, seed=1)
+    records = []
+    for i in range(12):
+        label = i % 2
+        records.append(SliceRecord(pixels=imgs[i], patient=f"p{i}", label=label, split="test" if i < 8 else "train",
+                                   source=f"s{i}", mask=masks[i] if label == 1 else None))
+    store = write_store(records, paths.store("covid"), size=SIZE, name="covid", task="binary",
+                        class_names=["NonCOVID", "COVID"])
+    for k, init in enumerate(explain.INITS):
+        save_classifier(_model(k), explain.model_path(out, "covid", init, 1.0, 0), task="covid", init=init,
+                        fraction=1.0, seed=0, mean=store.mean, std=store.std, image_size=SIZE)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- correlation
+
+
+def test_correlation_with_itself_is_one_and_with_negative_minus_one():
+    a = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(explain.pearson_per_image(a, a), 1.0, atol=1e-9)
+    np.testing.assert_allclose(explain.pearson_per_image(a, -a), -1.0, atol=1e-9)
+    np.testing.assert_allclose(explain.pearson_per_image(a, 1 - a), -1.0, atol=1e-9)
+
+
+def test_constant_maps_are_excluded_and_counted():
+    a = np.random.default_rng(0).random((4, 8, 8))
+    b = a.copy()
+    b[1] = 0.0  # an all-zero Grad-CAM map
+    r = explain.pearson_per_image(a, b)
+    assert np.isnan(r[1]) and np.all(np.isfinite(r[[0, 2, 3]]))
+    t = explain.correlation_table({"byol": a, "spark": b}, n_boot=100)
+    row = t.iloc[0]
+    assert (row["n"], row["n_constant"]) == (3, 1)
+    assert row["mean_r"] == pytest.approx(1.0)
+
+
+def test_correlation_table_every_pair_with_interval():
+    rng = np.random.default_rng(1)
+    base = rng.random((30, 8, 8))
+    maps = {"byol": base, "swav": base + 0.5 * rng.random(base.shape), "spark": rng.random(base.shape)}
+    t = explain.correlation_table(maps, n_boot=200)
+    assert list(t.columns) == ["init_a", "init_b", "mean_r", "ci_low", "ci_high", "n", "n_constant"]
+    assert set(zip(t.init_a, t.init_b)) == {("byol", "swav"), ("byol", "spark"), ("swav", "spark")}
+    assert (t.ci_low <= t.mean_r).all() and (t.mean_r <= t.ci_high).all() and (t.n == 30).all()
+    r = t.set_index(["init_a", "init_b"])["mean_r"]
+    assert r[("byol", "swav")] > 0.5 > abs(r[("byol", "spark")])
+    mat = explain.correlation_matrix(t)
+    assert mat.shape == (3, 3) and np.allclose(np.diag(mat), 1) and np.allclose(mat, mat.T)
+
+
+# ---------------------------------------------------------------------------------------------- localisation
+
+
+def test_energy_share_one_for_mask_and_chance_for_random():
+    _, masks = _images(20)
+    assert np.allclose(explain.energy_share(masks.astype(np.float32), masks), 1.0)
+    area = masks.reshape(20, -1).mean(1)
+    rand = explain.uniform_random_maps(masks.shape, seed=0)
+    np.testing.assert_allclose(explain.energy_share(rand, masks), area, atol=0.02)
+    assert np.isnan(explain.energy_share(np.zeros_like(rand[:1]), masks[:1]))[0]
+
+
+def test_pointing_game_hits_for_mask_map_and_tolerance():
+    _, masks = _images(6)
+    assert np.all(explain.pointing_hits(masks.astype(np.float32), masks) == 1.0)
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 4:8, 4:8] = 1
+    peak = np.zeros((1, 16, 16), np.float32)
+    peak[0, 4, 10] = 1.0  # 3 px to the right of the mask
+    assert explain.pointing_hits(peak, mask, tolerance=0)[0] == 0.0
+    assert explain.pointing_hits(peak, mask, tolerance=3)[0] == 1.0
+    assert np.isnan(explain.pointing_hits(np.zeros_like(peak), mask)[0])
+
+
+def test_localisation_table_positive_images_and_baselines():
+    imgs, masks = _images(40)
+    labels = np.tile([1, 0], 20)
+    masks[labels == 0] = 0
+    masks[0] = 0  # a positive without a lesion outline: not scored
+    maps = {"oracle": masks.astype(np.float32), "flat": np.zeros(masks.shape, np.float32)}
+    t = explain.localisation_table(maps, masks, labels, n_boot=200, tolerance=0)
+    assert set(t.method) == {"oracle", "flat", "uniform-random", "centre-gaussian"}
+    g = t.set_index(["method", "metric"])
+    assert g.loc[("oracle", "energy"), "mean"] == pytest.approx(1.0)
+    assert g.loc[("oracle", "pointing"), "mean"] == pytest.approx(1.0)
+    assert g.loc[("oracle", "energy"), "n"] == 19
+    assert (g.loc[("flat", "energy"), "n"], g.loc[("flat", "energy"), "n_excluded"]) == (0, 19)
+    chance = g.loc[("uniform-random", "energy"), "chance"]
+    assert g.loc[("uniform-random", "energy"), "mean"] == pytest.approx(chance, abs=0.01)
+    assert (t[t.method == "uniform-random"].kind == "baseline").all()
+    assert explain.localisation_table(maps, None, labels).empty
+
+
+# ---------------------------------------------------------------------------------------------- Grad-CAM
+
+
+def test_gradcam_maps_shape_range_deterministic_and_batched():
+    imgs, _ = _images(5)
+    model = _model(0)
+    m1 = explain.gradcam_maps(model, imgs, mean=0.3, std=0.2, batch_size=2)
+    m2 = explain.gradcam_maps(model, imgs, mean=0.3, std=0.2, batch_size=32)
+    assert m1.shape == (5, SIZE, SIZE) and m1.dtype == np.float32
+    assert np.isfinite(m1).all() and m1.min() >= 0 and m1.max() <= 1
+    assert m1.max() > 0.5  # min-max scaled, not all zero
+    np.testing.assert_array_equal(m1, explain.gradcam_maps(model, imgs, mean=0.3, std=0.2, batch_size=2))
+    np.testing.assert_allclose(m1, m2, atol=1e-5)  # batching does not change a map
+    model.train()
+    explain.gradcam_maps(model, imgs[:2], mean=0.3, std=0.2)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # state restored
+
+
+def test_gradcam_depends_on_model_and_target():
+    imgs, _ = _images(3)
+    a = explain.gradcam_maps(_model(0), imgs, mean=0.3, std=0.2)
+    b = explain.gradcam_maps(_model(1), imgs, mean=0.3, std=0.2)
+    assert not np.allclose(a, b, atol=1e-3)
+    c = explain.gradcam_maps(_model(0), imgs, targets=0, mean=0.3, std=0.2)
+    assert not np.allclose(a, c, atol=1e-3)
+
+
+def test_gradcam_all_zero_cam_is_finite():
+    imgs, _ = _images(2)
+    model = _model(0)
+    with torch.no_grad():
+        model.head.weight.zero_()  # no gradient reaches layer4: the cam is all zero
+    m = explain.gradcam_maps(model, imgs, mean=0.3, std=0.2)
+    assert np.isfinite(m).all() and np.all(m == 0)
+    tiny = explain.gradcam_maps(_model(0), imgs[:, :32, :32], mean=0.3, std=0.2)  # 1 x 1 at layer4
+    assert tiny.shape == (2, 32, 32) and np.isfinite(tiny).all()
+
+
+def test_gradcam_bad_input_is_one_clear_error():
+    with pytest.raises(explain.ExplainError, match="mean"):
+        explain.gradcam_maps(_model(0), np.zeros((1, SIZE, SIZE), np.uint8))
+    with pytest.raises(explain.ExplainError, match="targets"):
+        explain.gradcam_maps(_model(0), np.zeros((2, SIZE, SIZE), np.uint8), targets=[1], mean=0.3, std=0.2)
+
+
+def test_gradcam_for_inits_and_cache(study, monkeypatch):
+    heat = explain.gradcam_for_inits(study, "covid", 1.0, 0)
+    assert heat.inits == list(explain.INITS) and len(heat) == 8
+    assert heat.masks is not None and heat.images.dtype == np.uint8
+    for m in heat.maps.values():
+        assert m.shape == (8, SIZE, SIZE) and np.isfinite(m).all()
+    assert np.all(heat.targets["byol"] == 1)  # binary task: the finding is explained
+    cache = StudyPaths(study).gradcam / "covid_f1.0_s0.npz"
+    assert cache.is_file()
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed instead of using the cache")
+
+    monkeypatch.setattr(explain, "_explain", boom)
+    again = explain.gradcam_for_inits(study, "covid", 1.0, 0)
+    for init in heat.inits:
+        np.testing.assert_array_equal(again.maps[init], heat.maps[init])
+    byol = explain.model_path(study, "covid", "byol", 1.0, 0)
+    st = byol.stat()
+    os.utime(byol, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a re-trained model: recompute
+    with pytest.raises(AssertionError, match="recomputed"):
+        explain.gradcam_for_inits(study, "covid", 1.0, 0)
+    os.utime(byol, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.undo()
+    sub = explain.gradcam_for_inits(study, "covid", 1.0, 0, indices=heat.indices[:3], inits=["byol", "spark"],
+                                    use_cache=False)
+    assert sub.inits == ["byol", "spark"]
+    np.testing.assert_allclose(sub.maps["spark"], heat.maps["spark"][:3], atol=1e-5)
+    with pytest.raises(explain.ExplainError, match="f0.5_s0.pt"):
+        explain.gradcam_for_inits(study, "covid", 0.5, 0, inits=["byol"])
+
+
+def test_run_gradcam_writes_tables_and_figures(study):
+    res = explain.run_gradcam(study, "covid", 1.0, 0, profile="smoke")
+    assert res.files["correlation"].is_file() and res.files["localisation"].is_file()
+    assert len(res.correlation) == 10  # 5 inits -> 10 pairs
+    assert set(res.localisation.method) == set(explain.INITS) | set(explain.BASELINES)
+    assert (res.localisation.n <= 4).all()  # the 4 positive test images with a lesion
+    figs = [explain.plot_examples(res.heat, 2), explain.plot_correlation(res.correlation),
+            explain.plot_localisation(res.localisation), explain.plot_localisation(res.localisation.iloc[:0])]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+    assert len(figs[0].axes) == 4 * 6  # 2 positive + 2 negative rows, input + 5 methods
+    plt.close("all")
+    box = explain.heatmap_browser(res.heat)
+    assert box.children and len(box.children[0].children) == 3
+    plt.close("all")
+
+
+def test_gradcam_for_a_cross_validated_task_uses_the_fold(tmp_path):
+    from ssl_lib.tasks import task_splits
+
+    imgs, masks = _images(20, seed=3)
+    records = [SliceRecord(pixels=imgs[i], patient=f"p{i // 2}", label=(i // 2) % 2, source=f"s{i}")
+               for i in range(20)]
+    store = write_store(records, StudyPaths(tmp_path).store("brain"), size=SIZE, name="brain", task="binary",
+                        class_names=["no hemorrhage", "hemorrhage"])
+    save_classifier(_model(0), explain.model_path(tmp_path, "brain", "spark", 1.0, 0, fold=0), mean=store.mean,
+                    std=store.std)
+    with pytest.raises(explain.ExplainError, match="fold"):
+        explain.gradcam_for_inits(tmp_path, "brain", 1.0, 0)
+    heat = explain.gradcam_for_inits(tmp_path, "brain", 1.0, 0, fold=0)
+    np.testing.assert_array_equal(heat.indices, np.sort(task_splits(store, "brain", 0, fold=0).test))
+    assert heat.inits == ["spark"] and heat.masks is None
+    assert explain.cache_path(tmp_path, "brain", 1.0, 0, fold=0).name == "brain_f1.0_s0_k0.npz"
+    assert explain.localisation_table(heat).empty
