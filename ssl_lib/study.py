@@ -39,6 +39,14 @@ class Step:
 #: The study's steps in order; each notebook takes at least ``profile`` and ``output_dir``.
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "notebooks/01_preprocess.ipynb"),
+    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb"),
+    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb"),
+    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb"),
+    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb"),
+    Step("finetune", "notebooks/06_finetune.ipynb"),
+    Step("reduction", "notebooks/07_reduction.ipynb"),
+    Step("gradcam", "notebooks/08_gradcam.ipynb"),
+    Step("results", "notebooks/09_results.ipynb"),
 )
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
