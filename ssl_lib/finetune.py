@@ -1,0 +1,557 @@
+"""Fine-tuning on the downstream tasks (Wolf et al. 2023, "Downstream Evaluation/Tasks").
+
+The paper's protocol: a ResNet50 initialised from a pre-trained encoder (or randomly, the "-"
+row of Table 2) plus one linear layer; Adam, lr 1e-4, batch 64; only the linear layer trains for
+the first ten epochs, then the whole model. Where the paper is silent the ``paper`` profile
+follows the authors' code: weight decay 5e-4, 70 epochs, the backbone's learning rate ramped up
+after unfreezing as Lightning's ``BackboneFinetuning`` does by default (start at 0.1 x lr, x1.5
+per epoch, capped at lr), the checkpoint with the best validation accuracy is tested. One
+deliberate difference: while frozen, the backbone is in eval mode, so its BatchNorm running
+statistics do not move either (Lightning's default keeps BN training).
+
+Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop):
+
+* the store's slices for a task are read once into a uint8 tensor ``(N, 1, H, W)``
+  (:class:`TaskData`); runs index it, nothing is decoded per epoch;
+* batches are normalised with the store's mean/std and repeated to 3 channels
+  (:func:`ssl_lib.data.store.normalize_batch`), flipped at random on the batch tensor;
+* the linear-only phase computes the frozen backbone's features once (of each slice and of its
+  mirror image when flipping) and trains the head on them: the same result as running the
+  frozen backbone every epoch, at the cost of two forward passes;
+* the best validation state is kept in memory and the test set is evaluated once with it.
+
+Every run appends one row to ``StudyPaths.results`` (:data:`RESULT_COLUMNS`) and writes the
+model (``finetune/models``), per-epoch curves (``finetune/curves``) and per-slice test
+probabilities (``finetune/predictions``, for :mod:`ssl_lib.stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .data.store import SliceStore, normalize_batch
+from .inits import EncoderInit, InitError, apply_init, available_methods, list_encoder_epochs, load_init
+from .metrics import compute_metrics
+from .models.classifier import Classifier, save_classifier
+from .paths import StudyPaths
+from .reduction import PAPER_FRACTIONS, reduce_indices, stop_reducing
+from .tasks import TASKS, Split, TaskSpec, class_counts, fold_of, get_task, task_splits
+
+
+@dataclass(frozen=True)
+class FinetuneProfile:
+    """Hyperparameters of one fine-tuning profile.
+
+    ``linear_epochs``: epochs with the backbone frozen (paper: 10); ``full_epochs``: epochs of
+    the whole model after that; ``backbone_lr_ratio``/``backbone_lr_growth``: the backbone's lr
+    after unfreezing starts at ratio x lr and grows by the factor per epoch up to lr (``None``:
+    full lr at once); ``select_metric``: validation metric that picks the tested epoch (ties:
+    lower validation loss); ``augment``: ``"flip"`` (random horizontal flip) or ``"none"``;
+    ``fractions``: reduction steps per task; ``stop_f1``: the paper's stopping rule (``None``: run
+    every fraction); ``pretrain_epoch``: ``"last"`` encoder or ``"best"`` (best validation F1,
+    :func:`select_pretrain_epoch`).
+    """
+
+    name: str
+    arch: str
+    image_size: int
+    linear_epochs: int
+    full_epochs: int
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    backbone_lr_ratio: float | None = None
+    backbone_lr_growth: float = 1.5
+    select_metric: str = "accuracy"
+    augment: str = "flip"
+    fractions: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    stop_f1: float | None = None
+    pretrain_epoch: str = "last"
+    eval_batch_size: int = 256
+    channels_last: bool = True
+
+    @property
+    def epochs(self) -> int:
+        return self.linear_epochs + self.full_epochs
+
+    def fractions_for(self, task: str) -> tuple[float, ...]:
+        return tuple(self.fractions.get(task, (1.0,)))
+
+
+_QUICK_FRACTIONS = {t: (1.0, 0.5, 0.25) for t in TASKS}
+PROFILES: dict[str, FinetuneProfile] = {
+    "smoke": FinetuneProfile("smoke", "resnet18", 32, 2, 1, batch_size=16, fractions={t: (1.0, 0.5) for t in TASKS},
+                             seeds=(0,), eval_batch_size=64),
+    # quick: 3 linear-only epochs (cheap: cached features) + 2 full epochs, so that the study's
+    # 90 runs (5 inits x 3 tasks x 3 fractions x 2 seeds) fit minutes on 2 CPU cores; brain runs
+    # fold (seed % 5) of its 5-fold CV, i.e. folds 0 and 1 with seeds (0, 1); no stopping rule.
+    "quick": FinetuneProfile("quick", "resnet18", 64, 3, 2, batch_size=64, fractions=_QUICK_FRACTIONS, seeds=(0, 1)),
+    "paper": FinetuneProfile("paper", "resnet50", 224, 10, 60, batch_size=64, backbone_lr_ratio=0.1,
+                             augment="none", fractions=dict(PAPER_FRACTIONS), seeds=(0, 1, 2, 3, 4),
+                             stop_f1=0.7, pretrain_epoch="best", channels_last=False),
+}
+
+RESULT_COLUMNS = ["task", "init", "pretrain_epoch", "fraction", "seed", "fold", "best_epoch", "accuracy", "auc", "f1",
+                  "f1_seed", "val_accuracy", "val_auc", "val_f1", "train_size", "train_per_class", "val_size",
+                  "test_size", "time_s", "profile", "arch", "image_size", "synthetic"]
+RUN_KEY = ["task", "init", "fraction", "seed", "fold", "profile"]
+
+
+def get_profile(profile: str | FinetuneProfile, **overrides) -> FinetuneProfile:
+    """A profile by name (or as given), with field ``overrides``."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown fine-tuning profile {profile!r}; choose one of {sorted(PROFILES)}")
+        profile = PROFILES[profile]
+    return replace(profile, **overrides) if overrides else profile
+
+
+# --------------------------------------------------------------------------- data in memory
+def is_synthetic_store(store: SliceStore) -> bool:
+    """Whether a store was built from the built-in synthetic generator (its meta says so)."""
+    meta = store.meta
+    if meta.get("synthetic") is True:
+        return True
+    reader = meta.get("reader") or {}
+    return bool(reader.get("synthetic")) or "synthetic" in json.dumps(reader).lower()
+
+
+@dataclass
+class TaskData:
+    """A task's store read once into memory: ``images`` uint8 ``(N, 1, S, S)`` for all slices."""
+
+    spec: TaskSpec
+    store: SliceStore
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: float
+    std: float
+    synthetic: bool
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+
+def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: str | TaskSpec,
+                   image_size: int | None = None) -> TaskData:
+    """Read the task's store (``StudyPaths(out).store(spec.store)`` or a store/its path) into memory.
+
+    Slices are resized once to ``image_size`` when the store holds another size.
+    """
+    spec = get_task(task)
+    if isinstance(output_dir_or_store, SliceStore):
+        store = output_dir_or_store
+    else:
+        p = Path(output_dir_or_store)
+        store = SliceStore(p if (p / "meta.json").is_file() else StudyPaths(p).store(spec.store))
+    images = torch.from_numpy(np.array(store.images, dtype=np.uint8)).unsqueeze(1)  # one read, in memory
+    if image_size is not None and image_size != store.image_size:
+        chunks = [F.interpolate(c.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                                align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+                  for c in images.split(1024)]
+        images = torch.cat(chunks)
+    labels = torch.from_numpy(store.labels.astype(np.int64))
+    synthetic = is_synthetic_store(store)
+    if not isinstance(output_dir_or_store, SliceStore) and store.path.parent.parent == Path(output_dir_or_store):
+        # a study folder whose stores came from the built-in generator (its marker file)
+        synthetic = synthetic or (StudyPaths(output_dir_or_store).synthetic / "synthetic.json").is_file()
+    return TaskData(spec, store, images, labels, store.mean, store.std, synthetic)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class FitResult:
+    """``model`` holds the best validation state; ``curves``: one row per epoch."""
+
+    model: Classifier
+    best_epoch: int
+    curves: pd.DataFrame
+    val_metrics: dict
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def _prep(x_uint8: torch.Tensor, mean: float, std: float, device, channels_last: bool) -> torch.Tensor:
+    x = normalize_batch(x_uint8.to(device, non_blocking=True), mean, std, channels=3)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip of each slice of a batch ``(B, C, H, W)``."""
+    mask = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
+               mean: float, std: float, device: str | torch.device = "cpu", channels_last: bool = False,
+               flip: bool = True, generator: torch.Generator | None = None) -> float:
+    """One full-model step on a uint8 batch ``(B, 1, H, W)``: flip, normalise, forward, backward, Adam.
+
+    Returns the batch's cross-entropy loss (float).
+    """
+    if flip:
+        images = _flip(images, generator if generator is not None else torch.default_generator)
+    loss = F.cross_entropy(model(_prep(images, mean, std, device, channels_last)), labels.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@torch.inference_mode()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float, *, batch_size: int = 256,
+                  device: str | torch.device = "cpu", channels_last: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(N, C)`` of uint8 slices ``(N, 1, H, W)`` (model in eval mode)."""
+    model.eval()
+    out = [torch.softmax(model(_prep(b, mean, std, device, channels_last)).float(), 1).cpu()
+           for b in images.split(batch_size)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+@torch.inference_mode()
+def _features(backbone, images, mean, std, batch_size, device, channels_last, flip=False) -> torch.Tensor:
+    backbone.eval()
+    feats = []
+    for b in images.split(batch_size):
+        x = _prep(b, mean, std, device, channels_last)
+        feats.append(backbone(x.flip(-1) if flip else x).float())
+    return torch.cat(feats)
+
+
+def _val_row(probs: np.ndarray, labels: np.ndarray, loss: float) -> dict:
+    m = compute_metrics(labels, probs)
+    return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_f1": m["f1"]}
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+        profile: str | FinetuneProfile, *, mean: float, std: float, seed: int = 0,
+        device: str | torch.device = "cpu", progress: bool = False) -> FitResult:
+    """Fine-tune ``model`` in place (linear-only, then full), return it at its best validation epoch.
+
+    ``train_x``/``val_x``: uint8 ``(N, 1, H, W)``; ``train_y``/``val_y``: int64 ``(N,)``.
+    """
+    prof = get_profile(profile)
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(int(seed))
+    model.to(device)
+    cl = prof.channels_last and device.type == "cpu"
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    head_params = list(model.head.parameters())
+    bb_params = list(model.backbone.parameters())
+    opt = torch.optim.Adam([{"params": head_params}, {"params": bb_params}], lr=prof.lr, weight_decay=prof.weight_decay)
+    y_tr, y_va = train_y.to(device), val_y.numpy()
+    rows: list[dict] = []
+    best_key, best_state, best_epoch, best_val = None, None, -1, {}
+    bar = _progress(prof.epochs, progress, "fine-tune")
+
+    def _record(epoch: int, phase: str, loss: float, probs: np.ndarray, bb_lr: float, t0: float):
+        nonlocal best_key, best_state, best_epoch, best_val
+        row = {"epoch": epoch, "phase": phase, "train_loss": loss, **_val_row(probs, y_va, _nll(probs, y_va)),
+               "lr_backbone": bb_lr, "time_s": time.perf_counter() - t0}
+        rows.append(row)
+        metric = row[f"val_{prof.select_metric}"]
+        key = (-math.inf if np.isnan(metric) else metric, -row["val_loss"])
+        if best_key is None or key > best_key:
+            best_key, best_epoch, best_val = key, epoch, row
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{metric:.3f}")
+
+    # ---- phase 1: linear layer only, on cached features of the frozen (eval-mode) backbone
+    if prof.linear_epochs > 0:
+        t0 = time.perf_counter()
+        for p in bb_params:
+            p.requires_grad_(False)
+        f0 = _features(model.backbone, train_x, mean, std, prof.eval_batch_size, device, cl)
+        f1 = (_features(model.backbone, train_x, mean, std, prof.eval_batch_size, device, cl, flip=True)
+              if prof.augment == "flip" else None)
+        fv = _features(model.backbone, val_x, mean, std, prof.eval_batch_size, device, cl)
+        for epoch in range(prof.linear_epochs):
+            model.head.train()
+            total, n = 0.0, 0
+            for idx in _batches(len(f0), prof.batch_size, gen):
+                feats = f0[idx]
+                if f1 is not None:
+                    mask = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                    feats = torch.where(mask[:, None], f1[idx], feats)
+                loss = F.cross_entropy(model.head(feats), y_tr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + loss.item() * len(idx), n + len(idx)
+            with torch.inference_mode():
+                probs = torch.softmax(model.head(fv), 1).cpu().numpy().astype(np.float64)
+            _record(epoch, "linear", total / max(n, 1), probs, 0.0, t0)
+            t0 = time.perf_counter()
+        for p in bb_params:
+            p.requires_grad_(True)
+
+    # ---- phase 2: the whole model
+    bb_lr = prof.lr if prof.backbone_lr_ratio is None else prof.lr * prof.backbone_lr_ratio
+    for k in range(prof.full_epochs):
+        t0 = time.perf_counter()
+        epoch = prof.linear_epochs + k
+        opt.param_groups[1]["lr"] = bb_lr
+        model.train()
+        total, n = 0.0, 0
+        for idx in _batches(len(train_x), prof.batch_size, gen):
+            loss = train_step(model, opt, train_x[idx], y_tr[idx], mean=mean, std=std, device=device,
+                              channels_last=cl, flip=prof.augment == "flip", generator=gen)
+            total, n = total + loss * len(idx), n + len(idx)
+        probs = predict_proba(model, val_x, mean, std, batch_size=prof.eval_batch_size, device=device, channels_last=cl)
+        _record(epoch, "full", total / max(n, 1), probs, bb_lr, t0)
+        bb_lr = min(prof.lr, bb_lr * prof.backbone_lr_growth)
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if cl:
+        model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return FitResult(model, best_epoch, pd.DataFrame(rows), best_val)
+
+
+def _progress(total: int, show: bool, desc: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+# --------------------------------------------------------------------------- one run
+def run_name(fraction: float, seed: int, fold: int = -1) -> str:
+    """``f{fraction}_s{seed}[_k{fold}]``, the file stem of a run's model/curves/predictions."""
+    return f"f{float(fraction)}_s{int(seed)}" + (f"_k{int(fold)}" if fold is not None and fold >= 0 else "")
+
+
+def run_file(output_dir: str | os.PathLike, kind: str, task: str, init: str, fraction: float, seed: int,
+             fold: int = -1) -> Path:
+    """Path of a run's ``kind`` file: ``models`` (.pt), ``curves`` or ``predictions`` (.csv)."""
+    ext = ".pt" if kind == "models" else ".csv"
+    return StudyPaths(output_dir).finetune / kind / task / init / (run_name(fraction, seed, fold) + ext)
+
+
+def append_result(path: str | os.PathLike, row: dict) -> None:
+    """Append one row to the results CSV (header on first write; columns merged if they differ)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS} | {k: v for k, v in row.items()
+                                                                    if k not in RESULT_COLUMNS}])
+    if path.is_file() and path.stat().st_size > 0:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+        if header == frame.columns.tolist():
+            frame.to_csv(path, mode="a", header=False, index=False)
+            return
+        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_results(output_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
+    """The results table (empty with :data:`RESULT_COLUMNS` if none yet), optionally one profile's rows."""
+    path = StudyPaths(output_dir).results
+    if not path.is_file():
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    frame = pd.read_csv(path)
+    return frame[frame["profile"] == profile].reset_index(drop=True) if profile is not None else frame
+
+
+def _resolve_init(init: str | EncoderInit, output_dir, arch: str, pretrain_epoch) -> EncoderInit:
+    if isinstance(init, EncoderInit):
+        return init
+    return load_init(init, output_dir, arch, epoch=pretrain_epoch)
+
+
+def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str | EncoderInit = "random", *,
+                 fraction: float = 1.0, seed: int = 0, profile: str | FinetuneProfile = "quick",
+                 fold: int | None = None, pretrain_epoch: int | str | None = None, data: TaskData | None = None,
+                 device: str | torch.device = "cpu", save: bool = True, progress: bool = False) -> dict:
+    """One fine-tuning run: train on the (reduced) training split, select on val, test once.
+
+    ``init``: ``"random"``, a method name (our encoder at ``pretrain_epoch``, default the last),
+    a released checkpoint path, or an :class:`EncoderInit`. With ``save`` the row is appended to
+    the results CSV and model/curves/predictions are written. Returns the row (plus
+    ``"_fit"``: the :class:`FitResult` and ``"_probs"``: test probabilities, not written).
+    """
+    prof = get_profile(profile)
+    spec = get_task(task)
+    data = data or load_task_data(output_dir, spec, prof.image_size)
+    t_start = time.perf_counter()
+    split: Split = task_splits(data.store, spec, seed=seed, fold=fold)
+    labels = data.store.labels
+    train_idx = reduce_indices(split.train, labels[split.train], fraction, seed, split.fold)
+    enc = _resolve_init(init, output_dir, prof.arch, pretrain_epoch)
+    torch.manual_seed(int(seed))
+    model = apply_init(Classifier(prof.arch, spec.num_classes), enc)
+    t = torch.from_numpy
+    result = fit(model, data.images[t(train_idx)], data.labels[t(train_idx)], data.images[t(split.val)],
+                 data.labels[t(split.val)], prof, mean=data.mean, std=data.std, seed=seed, device=device,
+                 progress=progress)
+    probs = predict_proba(result.model, data.images[t(split.test)], data.mean, data.std,
+                          batch_size=prof.eval_batch_size, device=device)
+    y_test = labels[split.test]
+    metrics = compute_metrics(y_test, probs, seed_variant=spec.seed_f1)
+    row = {
+        "task": spec.name, "init": enc.name, "pretrain_epoch": enc.epoch if enc.epoch is not None else -1,
+        "fraction": float(fraction), "seed": int(seed), "fold": int(split.fold), "best_epoch": result.best_epoch,
+        **metrics, **{k: result.val_metrics.get(k) for k in ("val_accuracy", "val_auc", "val_f1")},
+        "train_size": len(train_idx), "train_per_class": json.dumps(class_counts(labels[train_idx], spec.num_classes)),
+        "val_size": len(split.val), "test_size": len(split.test), "time_s": round(time.perf_counter() - t_start, 3),
+        "profile": prof.name, "arch": prof.arch, "image_size": data.image_size, "synthetic": data.synthetic,
+    }
+    if save:
+        _save_run(output_dir, spec, enc.name, fraction, seed, split, result, probs, y_test, data, row, prof)
+    return row | {"_fit": result, "_probs": probs}
+
+
+def _save_run(output_dir, spec, init_name, fraction, seed, split, result, probs, y_test, data, row, prof) -> None:
+    fold = split.fold
+    save_classifier(result.model, run_file(output_dir, "models", spec.name, init_name, fraction, seed, fold),
+                    task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed), fold=int(fold),
+                    mean=data.mean, std=data.std, image_size=data.image_size, class_names=list(spec.class_names),
+                    profile=prof.name, pretrain_epoch=row["pretrain_epoch"])
+    curves = run_file(output_dir, "curves", spec.name, init_name, fraction, seed, fold)
+    curves.parent.mkdir(parents=True, exist_ok=True)
+    result.curves.assign(task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed),
+                         fold=int(fold)).to_csv(curves, index=False)
+    pred = pd.DataFrame({"index": split.test, "label": y_test, "pred": probs.argmax(1)})
+    for c in range(probs.shape[1]):
+        pred[f"prob_{c}"] = probs[:, c]
+    pred_path = run_file(output_dir, "predictions", spec.name, init_name, fraction, seed, fold)
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    pred.to_csv(pred_path, index=False)
+    append_result(StudyPaths(output_dir).results, row)
+
+
+# --------------------------------------------------------------------------- pre-training epoch
+def select_pretrain_epoch(output_dir: str | os.PathLike, task: str | TaskSpec, method: str,
+                          profile: str | FinetuneProfile = "quick", *, epochs: Sequence[int] | None = None,
+                          seed: int = 0, data: TaskData | None = None, device="cpu", progress: bool = False) -> int:
+    """Pick the pre-training epoch of ``method`` with the best *validation* F1 on ``task``.
+
+    Fine-tunes on the full training split from each exported encoder epoch (or ``epochs``); the
+    paper evaluates every 50th of 900 epochs and keeps the best (it picked on test F1; we pick
+    on validation F1 so the test set stays untouched). Results are cached in
+    ``finetune/epoch_selection.csv`` (one row per evaluated epoch, ``chosen`` marks the pick).
+    """
+    prof = get_profile(profile)
+    spec = get_task(task)
+    path = StudyPaths(output_dir).finetune / "epoch_selection.csv"
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if not old.empty:
+        hit = old[(old["task"] == spec.name) & (old["method"] == method) & (old["profile"] == prof.name) & old["chosen"]]
+        if len(hit):
+            return int(hit["pretrain_epoch"].iloc[0])
+    epochs = list(epochs) if epochs is not None else list_encoder_epochs(output_dir, method)
+    if not epochs:
+        raise InitError(f"{StudyPaths(output_dir).pretrain(method)}: no exported encoders to choose from")
+    data = data or load_task_data(output_dir, spec, prof.image_size)
+    rows = []
+    for ep in epochs:
+        row = finetune_run(output_dir, spec, method, seed=seed, profile=prof, pretrain_epoch=ep, data=data,
+                           device=device, save=False, progress=progress)
+        rows.append({"task": spec.name, "method": method, "pretrain_epoch": ep, "profile": prof.name,
+                     "val_f1": row["val_f1"], "val_auc": row["val_auc"], "val_accuracy": row["val_accuracy"]})
+    new = pd.DataFrame(rows)
+    best = int(new.loc[new["val_f1"].fillna(-1).idxmax(), "pretrain_epoch"])
+    new["chosen"] = new["pretrain_epoch"] == best
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([old, new], ignore_index=True).to_csv(path, index=False)
+    return best
+
+
+# --------------------------------------------------------------------------- the grid
+def init_name(init: str | os.PathLike, output_dir: str | os.PathLike | None = None, arch: str = "resnet50") -> str:
+    """The name an init gets in the results table (a released checkpoint: ``<method>-released``)."""
+    s = str(init)
+    if Path(s).suffix in (".pt", ".pth", ".ckpt", ".tar") or Path(s).is_file() or (
+            output_dir is not None and Path(output_dir).is_file()):
+        return load_init(s, output_dir, arch).name
+    return s
+
+
+def default_inits(output_dir: str | os.PathLike) -> list[str]:
+    """``random`` plus every method with exported encoders."""
+    return ["random"] + available_methods(output_dir)
+
+
+def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, inits: Iterable[str] | None = None,
+             fractions: Sequence[float] | dict | None = None, seeds: Sequence[int] | None = None,
+             profile: str | FinetuneProfile = "quick", *, stop_f1: float | None | str = "profile",
+             pretrain_epoch: str | int | None = None, device="cpu", progress: bool = True) -> pd.DataFrame:
+    """Fine-tune every task x init x fraction x seed (the paper's reduction study), resumably.
+
+    Runs whose key (task, init, fraction, seed, fold, profile) is already in the results CSV
+    are not recomputed. Fractions run from large to small; with ``stop_f1`` (default: the
+    profile's) a task stops reducing once every pre-training method's mean test F1 is below it.
+    ``pretrain_epoch``: ``"last"``, ``"best"`` (:func:`select_pretrain_epoch`) or an int (default:
+    the profile's). Returns this profile's rows of the results table.
+    """
+    prof = get_profile(profile)
+    tasks = list(tasks or TASKS)
+    inits = list(inits) if inits is not None else default_inits(output_dir)
+    seeds = list(seeds) if seeds is not None else list(prof.seeds)
+    stop = prof.stop_f1 if stop_f1 == "profile" else stop_f1
+    choose = pretrain_epoch if pretrain_epoch is not None else prof.pretrain_epoch
+
+    def fractions_of(task: str) -> list[float]:
+        f = fractions.get(task, prof.fractions_for(task)) if isinstance(fractions, dict) else (
+            fractions if fractions is not None else prof.fractions_for(task))
+        return sorted({float(x) for x in f}, reverse=True)
+
+    plan = {t: fractions_of(t) for t in tasks}
+    done = read_results(output_dir, prof.name)
+    done_keys = {tuple(r) for r in done[RUN_KEY].itertuples(index=False, name=None)} if len(done) else set()
+    bar = _progress(sum(len(f) for f in plan.values()) * len(inits) * len(seeds), progress, f"grid ({prof.name})")
+    epochs: dict[str, int | str | None] = {}
+    names = {i: init_name(i, output_dir, prof.arch) for i in inits}  # as in the results table
+    for t in tasks:
+        data = None  # one task's slices in memory at a time
+        for f in plan[t]:
+            for i in inits:
+                for s in seeds:
+                    key = (t, names[i], f, s, fold_of(t, s), prof.name)
+                    if key not in done_keys:
+                        data = data or load_task_data(output_dir, t, prof.image_size)
+                        if i not in epochs or choose == "best":
+                            epochs[i] = (None if i == "random" or names[i] != i
+                                         else select_pretrain_epoch(output_dir, t, i, prof, data=data, device=device)
+                                         if choose == "best" else choose)
+                        finetune_run(output_dir, t, i, fraction=f, seed=s, profile=prof, pretrain_epoch=epochs[i],
+                                     data=data, device=device, save=True)
+                        done_keys.add(key)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(task=t, init=i, fraction=f, seed=s)
+            if stop is not None and stop_reducing(read_results(output_dir, prof.name), t, f, inits=names.values(),
+                                                  threshold=stop):
+                if bar is not None:
+                    bar.update(len(inits) * len(seeds) * (len(plan[t]) - plan[t].index(f) - 1))
+                break
+    if bar is not None:
+        bar.close()
+    return read_results(output_dir, prof.name)

@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import ssl_lib.finetune as ft
+from ssl_lib.data.store import SliceRecord, StoreError, write_store
+from ssl_lib.metrics import compute_metrics
+from ssl_lib.models import build_backbone, encoder_state_dict
+from ssl_lib.models.classifier import Classifier, load_classifier
+from ssl_lib.paths import StudyPaths
+
+PROFILE = ft.get_profile("smoke", batch_size=16)
+
+
+def _records(n_patients, num_classes, given, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * 4 + ["val", "test"]
+    for p in range(n_patients):
+        label = p % num_classes
+        for k in range(2):
+            img = rng.integers(0, 80, (size, size)).astype(np.uint8)
+            a = 2 + 3 * label
+            img[a:a + 8, a:a + 8] = 230  # the class is where the bright square is
+            yield SliceRecord(img, f"pat{p}", label, splits[(p // num_classes) % 6] if given else "", f"{p}_{k}")
+
+
+def make_stores(out):
+    paths = StudyPaths(out)
+    write_store(_records(24, 2, True), paths.store("covid"), size=32, name="covid", task="binary",
+                class_names=["NonCOVID", "COVID"])
+    write_store(_records(30, 2, False), paths.store("brain"), size=32, name="brain", task="binary",
+                class_names=["no hemorrhage", "hemorrhage"])
+
+
+def export_encoders(out, method, epochs, arch="resnet18"):
+    d = StudyPaths(out).pretrain(method) / "encoders"
+    d.mkdir(parents=True, exist_ok=True)
+    for ep in epochs:
+        torch.manual_seed(ep)
+        torch.save(encoder_state_dict(build_backbone(arch)), d / f"epoch_{ep:04d}.pt")
+        (d / f"epoch_{ep:04d}.json").write_text(json.dumps({"method": method, "epoch": ep, "arch": arch}))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    make_stores(out)
+    export_encoders(out, "spark", [1, 2])
+    return out
+
+
+def _tensors(n=24, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 255, (n, 1, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 2
+
+
+def test_linear_phase_freezes_backbone_and_bn_buffers_full_phase_changes_them():
+    x, y = _tensors()
+    torch.manual_seed(0)
+    model = Classifier("resnet18", 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ft.fit(model, x, y, x[:8], y[:8], ft.get_profile(PROFILE, linear_epochs=2, full_epochs=0), mean=0.5, std=0.25)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    bb = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in bb) and any("num_batches_tracked" in k for k in bb)
+    for k in bb:  # every weight AND every BN buffer
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(p.requires_grad for p in model.parameters())
+    res = ft.fit(model, x, y, x[:8], y[:8], ft.get_profile(PROFILE, linear_epochs=0, full_epochs=1, augment="none",
+                                                               select_metric="auc"), mean=0.5, std=0.25)
+    changed = model.state_dict()
+    assert not torch.equal(after["backbone.conv1.weight"], changed["backbone.conv1.weight"])
+    assert not torch.equal(after["backbone.bn1.running_mean"], changed["backbone.bn1.running_mean"])
+    assert list(res.curves["phase"]) == ["full"]
+
+
+def test_best_validation_state_is_kept(study):
+    data = ft.load_task_data(study, "covid", 32)
+    row = ft.finetune_run(study, "covid", "random", profile=ft.get_profile(PROFILE, full_epochs=2), data=data,
+                          save=False)
+    fit = row["_fit"]
+    curves = fit.curves
+    assert row["best_epoch"] == curves.loc[curves["val_accuracy"].idxmax(), "epoch"] or \
+        curves.loc[curves["epoch"] == row["best_epoch"], "val_accuracy"].item() == curves["val_accuracy"].max()
+    split = ft.task_splits(data.store, "covid")
+    val = ft.predict_proba(fit.model, data.images[torch.from_numpy(split.val)], data.mean, data.std)
+    best = curves.set_index("epoch").loc[row["best_epoch"]]
+    assert compute_metrics(data.store.labels[split.val], val)["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert row["val_accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_run_writes_row_model_curves_predictions(study):
+    row = ft.finetune_run(study, "covid", "spark", fraction=0.5, seed=1, profile=PROFILE)
+    assert row["pretrain_epoch"] == 2 and row["fold"] == -1 and row["profile"] == "smoke"
+    assert row["train_size"] == 16 // 2 * 2 and json.loads(row["train_per_class"]) == [8, 8]
+    res = ft.read_results(study)
+    assert set(ft.RESULT_COLUMNS) <= set(res.columns)
+    last = res.iloc[-1]
+    assert (last["task"], last["init"], last["fraction"], last["seed"]) == ("covid", "spark", 0.5, 1)
+    model, info = load_classifier(ft.run_file(study, "models", "covid", "spark", 0.5, 1))
+    assert info["task"] == "covid" and info["image_size"] == 32 and info["std"] > 0 and model.num_classes == 2
+    pred = pd.read_csv(ft.run_file(study, "predictions", "covid", "spark", 0.5, 1))
+    assert list(pred.columns) == ["index", "label", "pred", "prob_0", "prob_1"]
+    m = compute_metrics(pred["label"], pred[["prob_0", "prob_1"]].to_numpy(), seed_variant="negative_class")
+    for k in ("accuracy", "auc", "f1", "f1_seed"):
+        assert m[k] == pytest.approx(last[k], nan_ok=True)
+    curves = pd.read_csv(ft.run_file(study, "curves", "covid", "spark", 0.5, 1))
+    assert list(curves["phase"]) == ["linear", "linear", "full"] and "val_f1" in curves
+
+
+def test_cv_task_uses_fold_of_seed_and_resizes(study):
+    row = ft.finetune_run(study, "brain", "random", seed=6, profile=ft.get_profile(PROFILE, image_size=16,
+                                                                                   linear_epochs=1, full_epochs=0))
+    assert row["fold"] == 1 and row["image_size"] == 16
+    assert ft.run_file(study, "models", "brain", "random", 1.0, 6, 1).name == "f1.0_s6_k1.pt"
+    assert ft.run_file(study, "models", "brain", "random", 1.0, 6, 1).is_file()
+
+
+def test_store_that_does_not_fit_the_task(tmp_path):
+    write_store(_records(12, 3, True), StudyPaths(tmp_path).store("covid"), size=32, name="covid",
+                task="multiclass", class_names=["a", "b", "c"])
+    with pytest.raises(StoreError, match="expects 2"):
+        ft.finetune_run(tmp_path, "covid", profile=PROFILE)
+    with pytest.raises(StoreError, match="not a slice store"):
+        ft.finetune_run(tmp_path, "brain", profile=PROFILE)
+
+
+def test_grid_is_resumable_and_stops(tmp_path, monkeypatch):
+    make_stores(tmp_path)
+    export_encoders(tmp_path, "byol", [3])
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0)
+    calls = []
+    real = ft.finetune_run
+    monkeypatch.setattr(ft, "finetune_run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    res = ft.run_grid(tmp_path, ["covid"], fractions=[1.0, 0.5], seeds=[0], profile=prof, progress=False,
+                      stop_f1=None)
+    assert len(res) == len(calls) == 4 and set(res["init"]) == {"random", "byol"}
+    mtime = StudyPaths(tmp_path).results.stat().st_mtime_ns
+    res2 = ft.run_grid(tmp_path, ["covid"], fractions=[1.0, 0.5], seeds=[0], profile=prof, progress=False)
+    assert len(calls) == 4 and len(res2) == 4 and StudyPaths(tmp_path).results.stat().st_mtime_ns == mtime
+    # the paper's rule: all methods below the limit at 100 % -> no smaller fraction for brain
+    res3 = ft.run_grid(tmp_path, ["brain"], fractions=[1.0, 0.5], seeds=[0], profile=prof, progress=False,
+                       stop_f1=1.01)
+    assert sorted(res3.loc[res3["task"] == "brain", "fraction"]) == [1.0, 1.0]
+
+
+def test_select_pretrain_epoch_on_validation_f1(study, monkeypatch):
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0)
+    n_rows = len(ft.read_results(study))
+    best = ft.select_pretrain_epoch(study, "covid", "spark", prof)
+    sel = pd.read_csv(StudyPaths(study).finetune / "epoch_selection.csv")
+    assert sorted(sel["pretrain_epoch"]) == [1, 2] and sel["chosen"].sum() == 1
+    assert best == sel.loc[sel["val_f1"].idxmax(), "pretrain_epoch"]
+    assert len(ft.read_results(study)) == n_rows  # selection runs are not results rows
+    monkeypatch.setattr(ft, "finetune_run", lambda *a, **k: pytest.fail("cached selection must not retrain"))
+    assert ft.select_pretrain_epoch(study, "covid", "spark", prof) == best
+
+
+def test_released_checkpoint_name_in_results(tmp_path):
+    bb = build_backbone("resnet18")
+    path = tmp_path / "byol.ckpt"
+    torch.save({"state_dict": {"online_network.encoder." + k: v for k, v in bb.state_dict().items()}}, path)
+    assert ft.init_name(path, tmp_path, "resnet18") == "byol-released"
+    assert ft.init_name("spark", tmp_path, "resnet18") == "spark"

@@ -1,0 +1,86 @@
+import json
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from ssl_lib import report
+from ssl_lib.finetune import RESULT_COLUMNS, append_result
+from ssl_lib.paths import StudyPaths
+
+matplotlib.use("Agg")
+
+
+def fake_results(synthetic=True):
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, n, c in (("covid", 425, 2), ("organs", 13952, 11), ("brain", 145, 2)):
+        for fraction in (1.0, 0.5):
+            for init in ("random", "byol", "swav", "mocov2", "spark"):
+                for seed in (0, 1):
+                    size = int(n * fraction)
+                    rows.append({"task": task, "init": init, "pretrain_epoch": -1, "fraction": fraction, "seed": seed,
+                                 "fold": seed if task == "brain" else -1, "best_epoch": 3,
+                                 "accuracy": rng.uniform(0.6, 0.9), "auc": rng.uniform(0.7, 0.95),
+                                 "f1": rng.uniform(0.5, 0.9), "f1_seed": 0.5, "train_size": size,
+                                 "train_per_class": json.dumps([size // c] * c), "profile": "quick",
+                                 "synthetic": synthetic})
+    return pd.DataFrame(rows)
+
+
+def test_table2_shapes_and_paper_reference():
+    res = fake_results()
+    t2 = report.table2(res)
+    assert t2.shape == (5, 9) and list(t2.index)[0] == "- (random)" and list(t2.index)[-1] == "SparK"
+    assert all(" ± " in v for v in t2.to_numpy().ravel())
+    paper = report.paper_table2()
+    assert paper.shape == (5, 6)
+    assert paper.loc["SparK", ("Brain", "auc")] == "0.919 ± 0.015"
+    vs = report.table2_vs_paper(res[res["task"] == "covid"])
+    assert vs.shape == (15, 4) and (vs.loc["OrgMNIST", ("ours", "auc")] == "not run").all()
+    assert vs.loc[("COVID-19", "BYOL"), ("paper (published)", "auc")] == "0.854 ± 0.001"
+
+
+def test_table3_and_stopping():
+    res = fake_results()
+    t3 = report.table3(res)
+    assert t3.shape == (6, 5)
+    assert t3.iloc[0]["size"] == "425 (≈ 212 per class)" and t3.iloc[0]["paper size"] == "425 (≈ 212 per class)"
+    assert t3.iloc[2]["task"] == "OrgMNIST" and t3.iloc[2]["portion"] == "100%"
+    st = report.stopping_table(res)
+    assert len(st) == 6 and "random" not in st.columns
+
+
+def test_figure5_panels():
+    fig = report.figure5(fake_results())
+    assert len(fig.axes) == 6
+    assert len(fig.axes[0].containers) == 5  # one error-bar line per init
+
+
+def test_synthetic_banner(tmp_path):
+    assert "SYNTHETIC" in report.synthetic_banner(fake_results(True))
+    assert report.synthetic_banner(fake_results(False)) == ""
+    append_result(StudyPaths(tmp_path).results, dict(fake_results(True).iloc[0]))
+    assert report.is_synthetic(tmp_path)
+    assert list(report.load_results(tmp_path).columns) == RESULT_COLUMNS
+
+
+def test_run_level_views():
+    pred = pd.DataFrame({"index": range(4), "label": [0, 1, 1, 0], "pred": [0, 1, 0, 0], "prob_0": [.9, .2, .6, .7],
+                         "prob_1": [.1, .8, .4, .3]})
+    cm = report.confusion(pred, ["NonCOVID", "COVID"])
+    assert cm.shape == (2, 2) and cm.loc["COVID", "NonCOVID"] == 1
+    curves = pd.DataFrame({"epoch": [0, 1, 2], "phase": ["linear", "linear", "full"], "train_loss": [1, .8, .5],
+                           "val_accuracy": [.5, .6, .7], "init": "spark", "fraction": 1.0, "seed": 0})
+    assert len(report.plot_curves(curves).axes) == 2
+    assert len(report.plot_confusion(pred, ["a", "b"]).axes) == 1
+    defs = report.metric_definitions()
+    assert len(defs) == 4
+
+
+def test_stats_table_view():
+    comp = pd.DataFrame([{"task": "covid", "fraction": 0.5, "metric": "auc", "init_a": "random", "init_b": "spark",
+                          "n_runs": 2, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.01, "p_boot_holm": 0.01,
+                          "p_ttest_holm": np.nan, "holds": True, "verdict": "spark better"}])
+    t = report.stats_table(comp)
+    assert t.shape == (1, 11) and t.loc[0, "95% CI"] == "[-0.200, -0.010]" and t.loc[0, "portion"] == "50%"
