@@ -1,0 +1,135 @@
+"""Pre-training throughput per method vs a plain forward+backward of the same backbone.
+
+For each method: images/s of the full training step (store loader -> device -> normalise ->
+batched augmentations -> networks, heads, momentum update, queue -> backward -> optimiser and
+schedule step), next to images/s of a plain ResNet forward+backward+SGD step on the same views
+(same count and sizes per source image), and the overhead ratio (plain / method). Runs on a
+structured synthetic store at the profile's store size unless ``--store`` is given.
+
+    python benchmarks/pretrain_speed.py --profile quick --steps 10 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ssl_lib.data.store import SliceRecord, SliceStore, make_loader, write_store  # noqa: E402
+from ssl_lib.models.backbone import build_backbone  # noqa: E402
+from ssl_lib.pretrain import METHODS, build_module, get_config  # noqa: E402
+from ssl_lib.pretrain.common import to_rgb  # noqa: E402
+
+
+def synthetic_store(folder: Path, n: int, size: int) -> SliceStore:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] / size
+
+    def records():
+        for i in range(n):
+            img = np.full((size, size), 20.0)
+            img[((xx - 0.5) / 0.42) ** 2 + ((yy - 0.5) / 0.35) ** 2 < 1] = 110
+            cx, cy, r = rng.uniform(0.3, 0.7, 3) * (1, 1, 0.3)
+            img[((xx - cx) ** 2 + (yy - cy) ** 2) < r * r] = 220
+            yield SliceRecord(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8), patient=f"p{i}")
+
+    return write_store(records(), folder / "lidc", size=size, name="lidc", overwrite=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
+    cfg = get_config(method, profile)
+    module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=steps + warmup).to(device)
+    module.train()
+    opt_cfg = module.configure_optimizers()
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    loader = make_loader(store.dataset(), cfg.batch_size, shuffle=True, drop_last=True)
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    times = []
+    for step in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        images = next(it)[0]
+        loss = module.step_loss(module.normalize(images), module.step_generator(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        module.on_after_backward()
+        opt.step()
+        sched.step()
+        _sync(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - t)
+
+    # the same views through a plain backbone: forward + backward + SGD
+    with torch.no_grad():
+        shapes = [tuple(v.shape[-2:]) for v in module.views(module.normalize(next(it)[0]))]
+    del module, opt
+    net = build_backbone(cfg.arch).to(device).train()
+    sgd = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    groups = {s: shapes.count(s) for s in dict.fromkeys(shapes)}
+    inputs = {s: torch.randn(cfg.batch_size * n, 1, *s, device=device) for s, n in groups.items()}
+    base = []
+    for step in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        sgd.zero_grad(set_to_none=True)
+        for x in inputs.values():
+            net(to_rgb(x)).square().mean().backward()
+        sgd.step()
+        _sync(device)
+        if step >= warmup:
+            base.append(time.perf_counter() - t)
+    method_ips = cfg.batch_size / float(np.median(times))
+    plain_ips = cfg.batch_size / float(np.median(base))
+    return {"method": method, "arch": cfg.arch, "batch": cfg.batch_size,
+            "views": " + ".join(f"{n}x{s[0]}" for s, n in groups.items()),
+            "pretrain_img_s": method_ips, "plain_img_s": plain_ips, "overhead": plain_ips / method_ips}
+
+
+def run(profile: str = "quick", steps: int = 10, device: str = "cpu", methods=METHODS, store: str | None = None,
+        warmup: int = 2) -> pd.DataFrame:
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for method in methods:
+            cfg = get_config(method, profile)
+            st = SliceStore(store) if store else synthetic_store(Path(tmp), cfg.batch_size * 4, cfg.store_size)
+            rows.append(time_method(method, profile, st, steps, warmup, dev))
+    return pd.DataFrame(rows).set_index("method")
+
+
+def main(argv=None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per method (after --warmup steps)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--store", default=None, help="a slice store to read (default: a generated one)")
+    args = ap.parse_args(argv)
+    table = run(args.profile, args.steps, args.device, args.methods, args.store, args.warmup)
+    print(f"pre-training speed, profile={args.profile}, device={args.device}, threads={torch.get_num_threads()}")
+    print(table.round(2).to_string())
+    return table
+
+
+if __name__ == "__main__":
+    main()
