@@ -230,12 +230,30 @@ def main(argv: list[str] | None = None) -> int:
     p_study.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
     p_book.add_argument("--output", required=True)
+    p_pre = sub.add_parser("pretrain", help="one pre-training run outside a notebook (for srun/torchrun on clusters)")
+    p_pre.add_argument("method", choices=["byol", "swav", "mocov2", "spark"])
+    p_pre.add_argument("--output", required=True, help="study output folder (reads stores/lidc, writes pretrain/<method>)")
+    p_pre.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
+    p_pre.add_argument("--store", default=None, help="slice store (default <output>/stores/lidc)")
+    p_pre.add_argument("--epochs", type=int, default=None)
+    p_pre.add_argument("--batch-size", type=int, default=None, help="per device")
+    p_pre.add_argument("--devices", type=int, default=1, help="GPUs per node")
+    p_pre.add_argument("--nodes", type=int, default=1)
+    p_pre.add_argument("--num-workers", type=int, default=4)
     args = parser.parse_args(argv)
     try:
         if args.command == "study":
             out = args.output or f"outputs/{args.profile}"
             run_study(out, args.profile, args.steps, _parse_extra(args.param), book=not args.no_book,
                       log_output=args.log_output)
+        elif args.command == "pretrain":
+            from .pretrain import pretrain
+
+            paths = StudyPaths(args.output)
+            result = pretrain(args.method, args.store or paths.store("lidc"), paths.pretrain(args.method),
+                              profile=args.profile, epochs=args.epochs, batch_size=args.batch_size,
+                              devices=args.devices, num_nodes=args.nodes, num_workers=args.num_workers)
+            print(f"{args.method}: {result.epochs_done} epochs, encoders in {result.run_dir / 'encoders'}")
         else:
             print(build_book(StudyPaths(args.output)))
     except StudyError as err:

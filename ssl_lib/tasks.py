@@ -14,6 +14,7 @@ partition itself is fixed by ``cv_seed`` and never depends on the run seed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -100,8 +101,12 @@ def _group_kfold(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) ->
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise StoreError(f"cannot split {n_groups} patient(s) into folds")
-    k = min(n_splits, n_groups)
-    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+    # stratification needs at least k patients of every class: small sets get fewer folds
+    per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    k = min(n_splits, n_groups, max(per_class, 2))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
 def cv_splits(store: SliceStore, spec: TaskSpec) -> list[Split]:

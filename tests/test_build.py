@@ -5,12 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicom_files import write_ct as write_dicom
 from ssl_lib.data.build import build_store
 from ssl_lib.data.readers.medmnist import ORGANS_CLASS_NAMES
 from ssl_lib.data.store import SliceStore, StoreError
@@ -28,26 +26,8 @@ SECRETS = {
 
 
 def write_ct(path, stored, *, z=0.0, modality="CT", ids=None):
-    stored = np.asarray(stored, dtype=np.int16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    for key, value in (ids or {"PatientID": "P"}).items():
-        setattr(ds, key, value)
-    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(z)], [1.0, 0, 0, 0, 1.0, 0]
-    ds.SliceThickness, ds.InstanceNumber = 1.0, 1
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    ds.PixelData = stored.astype("<i2").tobytes()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    """A CT slice whose identifying tags are exactly ``ids``."""
+    write_dicom(path, stored, z=z, modality=modality, patient_id=None, **(ids or {"PatientID": "P"}))
 
 
 def make_lidc(root, n_patients=4, n_slices=11, ids_of=lambda p: {"PatientID": f"LIDC-{p}"}):

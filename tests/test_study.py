@@ -74,3 +74,19 @@ def test_book_builds_offline_with_executed_notebook(tmp_path, tiny_steps, monkey
     scripts = " ".join(re.findall(r'<script[^>]*src="([^"]+)"', page))
     assert "mathjax" in scripts.lower() and "cdn" not in scripts.lower() and "https://" not in scripts
     assert "Timing of the last run" in (html / "book" / "reproduce.html").read_text()
+
+
+def test_cli_pretrain_subcommand(tmp_path, capsys):
+    """``python -m ssl_lib pretrain`` (the cluster entry point) trains and exports encoders."""
+    import numpy as np
+
+    from ssl_lib.data.store import SliceRecord, write_store
+
+    rng = np.random.default_rng(0)
+    records = (SliceRecord((rng.random((32, 32)) * 255).astype(np.uint8), f"p{i // 4}", -1, "train", str(i))
+               for i in range(24))
+    write_store(records, StudyPaths(tmp_path).store("lidc"), size=32, name="lidc")
+    assert study.main(["pretrain", "mocov2", "--output", str(tmp_path), "--profile", "smoke", "--epochs", "1",
+                       "--num-workers", "0"]) == 0
+    assert "encoders in" in capsys.readouterr().out
+    assert list((StudyPaths(tmp_path).pretrain("mocov2") / "encoders").glob("epoch_*.pt"))
