@@ -15,7 +15,6 @@ PROFILE ?= quick
 OUT ?= outputs/$(PROFILE)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
-export MPLBACKEND := Agg
 
 .PHONY: study book test install clean
 

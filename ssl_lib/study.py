@@ -73,6 +73,9 @@ def run_step(step: Step, paths: StudyPaths, profile: str, extra: dict | None = N
         if key in accepted:
             params[key] = value
     out_nb = paths.notebooks / Path(step.notebook).name
+    # figures must reach the executed notebook: the kernel inherits the environment, and a
+    # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     start = time.perf_counter()
     try:
         pm.execute_notebook(

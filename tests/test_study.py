@@ -2,6 +2,7 @@
 
 import re
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -18,6 +19,7 @@ def tiny_steps(tmp_path, monkeypatch):
         ("params", "profile = 'quick'\noutput_dir = 'x'\ndevices = 1"),
         ("code", "from pathlib import Path\nPath(output_dir, 'seen.txt').write_text(f'{profile} {devices}')\nprint('hello')"),
         ("code", "import ipywidgets\nipywidgets.IntSlider(value=3)"),
+        ("code", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);"),
     ])
     bad = tmp_path / "02_bad.ipynb"
     write_notebook(bad, [("params", "profile = 'quick'\noutput_dir = 'x'"), ("code", "raise ValueError('broken input')")])
@@ -25,11 +27,13 @@ def tiny_steps(tmp_path, monkeypatch):
     return good, bad
 
 
-def test_run_study_executes_and_times_steps(tmp_path, tiny_steps):
+def test_run_study_executes_and_times_steps(tmp_path, tiny_steps, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a headless server: figures must still be kept
     out = tmp_path / "out"
     timings = study.run_study(out, "smoke", extra={"devices": 2, "not_a_param": 5}, book=False)
     assert (out / "seen.txt").read_text() == "smoke 2"  # parameters reached the notebook
-    assert (StudyPaths(out).notebooks / "01_good.ipynb").exists()
+    executed = nbformat.read(StudyPaths(out).notebooks / "01_good.ipynb", as_version=4)
+    assert any("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
     saved = pd.read_csv(StudyPaths(out).timings)
     assert list(saved["step"]) == ["good"] and list(timings["step"]) == ["good"]
     assert (saved["seconds"] > 0).all()
