@@ -8,7 +8,8 @@ Times, in images/s, with the model and batch size of a fine-tuning profile:
 * ``ours (store loader)``: the same step fed by :func:`ssl_lib.data.store.make_loader` straight
   from the memory-mapped store (what a Lightning DataModule would do);
 * ``plain step``: forward, backward, Adam on one pre-made float tensor ``(B, 3, H, W)`` already
-  on the device, default memory format (the floor any pipeline pays);
+  on the device, default memory format and float32 (the floor any pipeline pays; on CUDA with
+  the run's bfloat16 autocast and channels-last, so the ratio is the pipeline's overhead);
 * ``linear-only step``: the frozen-backbone phase on cached features (see ``fit``);
 
 and the ratio of each to the plain step.
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssl_lib.data.store import SliceRecord, make_loader, write_store  # noqa: E402
-from ssl_lib.finetune import get_profile, train_step  # noqa: E402
+from ssl_lib.finetune import device_options, get_profile, train_step  # noqa: E402
+from ssl_lib.precision import autocast  # noqa: E402
 from ssl_lib.models.classifier import Classifier  # noqa: E402
 
 
@@ -61,7 +63,8 @@ def main(argv=None) -> dict[str, float]:
     prof = get_profile(args.profile)
     device = torch.device(args.device)
     size, batch = prof.image_size, args.batch or prof.batch_size
-    cl = prof.channels_last and device.type == "cpu"
+    cl, precision = device_options(prof, device)
+    plain_cl = cl and device.type == "cuda"
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store((SliceRecord(rng.integers(0, 255, (size, size)).astype(np.uint8), f"p{i}", i % 2, "train")
@@ -85,7 +88,7 @@ def main(argv=None) -> dict[str, float]:
         def ours():
             idx = torch.randint(0, args.n, (batch,), generator=gen)
             train_step(model, opt, images[idx], labels[idx], mean=store.mean, std=store.std, device=device,
-                       channels_last=cl, flip=True, generator=gen)
+                       channels_last=cl, flip=True, generator=gen, precision=precision)
 
         rates["ours (in-memory store)"] = _rate(ours, args.steps, batch, device)
 
@@ -100,18 +103,23 @@ def main(argv=None) -> dict[str, float]:
                 it = iter(loader)
                 x, y = next(it)
             train_step(model, opt, x, y, mean=store.mean, std=store.std, device=device, channels_last=cl, flip=True,
-                       generator=gen)
+                       generator=gen, precision=precision)
 
         rates["ours (store loader)"] = _rate(ours_loader, args.steps, batch, device)
 
         torch.manual_seed(0)
         plain_model = Classifier(prof.arch, 2).to(device).train()
+        if plain_cl:
+            plain_model = plain_model.to(memory_format=torch.channels_last)
         plain_opt = torch.optim.Adam(plain_model.parameters(), lr=prof.lr, weight_decay=prof.weight_decay)
         x_pre = torch.randn(batch, 3, size, size, device=device)
+        if plain_cl:
+            x_pre = x_pre.contiguous(memory_format=torch.channels_last)
         y_pre = (torch.arange(batch) % 2).to(device)
 
         def plain():
-            loss = F.cross_entropy(plain_model(x_pre), y_pre)
+            with autocast(device, precision if device.type == "cuda" else "32-true"):
+                loss = F.cross_entropy(plain_model(x_pre), y_pre)
             plain_opt.zero_grad(set_to_none=True)
             loss.backward()
             plain_opt.step()
@@ -130,7 +138,7 @@ def main(argv=None) -> dict[str, float]:
         rates["linear-only step (cached features)"] = _rate(linear, args.steps, batch, device)
     base = rates["plain step"]
     print(f"fine-tuning throughput, profile {prof.name}: {prof.arch} {size}px batch {batch} on {device} "
-          f"({torch.get_num_threads()} threads, channels_last={cl}, {args.steps} steps)")
+          f"({torch.get_num_threads()} threads, channels_last={cl}, {precision}, {args.steps} steps)")
     print(f"{'pipeline':38s} {'images/s':>10s} {'vs plain':>9s}")
     for name, r in rates.items():
         print(f"{name:38s} {r:10.1f} {r / base:8.2f}x")

@@ -3,8 +3,10 @@
 For each method: images/s of the full training step (store loader -> device -> normalise ->
 batched augmentations -> networks, heads, momentum update, queue -> backward -> optimiser and
 schedule step), next to images/s of a plain ResNet forward+backward+SGD step on the same views
-(same count and sizes per source image), and the overhead ratio (plain / method). Runs on a
-structured synthetic store at the profile's store size unless ``--store`` is given.
+(same count and sizes per source image), and the overhead ratio (plain / method). Both use the
+run's precision and memory format (on CUDA: bfloat16 autocast and channels-last, as
+:func:`ssl_lib.pretrain.pretrain`; on the CPU: float32). Runs on a structured synthetic store at
+the profile's store size unless ``--store`` is given.
 
     python benchmarks/pretrain_speed.py --profile quick --steps 10 --device cpu
 """
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssl_lib.data.store import SliceRecord, SliceStore, make_loader, write_store  # noqa: E402
 from ssl_lib.models.backbone import build_backbone  # noqa: E402
 from ssl_lib.pretrain import METHODS, build_module, get_config  # noqa: E402
-from ssl_lib.pretrain.common import to_rgb  # noqa: E402
+from ssl_lib.pretrain.common import resolve_device_options, to_rgb  # noqa: E402
+from ssl_lib.precision import autocast  # noqa: E402
 
 
 def synthetic_store(folder: Path, n: int, size: int) -> SliceStore:
@@ -51,9 +54,10 @@ def _sync(device: torch.device) -> None:
 
 def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
     """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
-    cfg = get_config(method, profile)
-    module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=steps + warmup).to(device)
-    module.train()
+    cfg = resolve_device_options(get_config(method, profile), device.type)
+    module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=steps + warmup)
+    module.use_device_options(cuda=device.type == "cuda")
+    module.to(device).train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     loader = make_loader(store.dataset(), cfg.batch_size, shuffle=True, drop_last=True)
@@ -68,7 +72,8 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
         _sync(device)
         t = time.perf_counter()
         images = next(it)[0]
-        loss = module.step_loss(module.normalize(images), module.step_generator(step))
+        with autocast(device, cfg.precision):
+            loss = module.step_loss(module.normalize(images), module.step_generator(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         module.on_after_backward()
@@ -83,6 +88,8 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
         shapes = [tuple(v.shape[-2:]) for v in module.views(module.normalize(next(it)[0]))]
     del module, opt
     net = build_backbone(cfg.arch).to(device).train()
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     sgd = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     groups = {s: shapes.count(s) for s in dict.fromkeys(shapes)}
     inputs = {s: torch.randn(cfg.batch_size * n, 1, *s, device=device) for s, n in groups.items()}
@@ -92,7 +99,10 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
         t = time.perf_counter()
         sgd.zero_grad(set_to_none=True)
         for x in inputs.values():
-            net(to_rgb(x)).square().mean().backward()
+            x = to_rgb(x).contiguous(memory_format=torch.channels_last) if cfg.channels_last else to_rgb(x)
+            with autocast(device, cfg.precision):
+                out = net(x)
+            out.float().square().mean().backward()
         sgd.step()
         _sync(device)
         if step >= warmup:
@@ -101,7 +111,7 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
     plain_ips = cfg.batch_size / float(np.median(base))
     return {"method": method, "arch": cfg.arch, "batch": cfg.batch_size,
             "views": " + ".join(f"{n}x{s[0]}" for s, n in groups.items()),
-            "pretrain_img_s": method_ips, "plain_img_s": plain_ips, "overhead": plain_ips / method_ips}
+            "precision": cfg.precision, "pretrain_img_s": method_ips, "plain_img_s": plain_ips, "overhead": plain_ips / method_ips}
 
 
 def run(profile: str = "quick", steps: int = 10, device: str = "cpu", methods=METHODS, store: str | None = None,

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
-from .common import BYOLConfig, PretrainModule, to_rgb
+from .common import BYOLConfig, PretrainModule
 
 
 class BYOL(PretrainModule):
@@ -82,7 +82,7 @@ class BYOL(PretrainModule):
         m = self.momentum_now()
         update_momentum(self.backbone, self.backbone_momentum, m=m)
         update_momentum(self.projection_head, self.projection_head_momentum, m=m)
-        v0, v1 = (to_rgb(v) for v in self.views(x, generator))
+        v0, v1 = (self.rgb(v) for v in self.views(x, generator))
         p0, p1 = self.online(v0), self.online(v1)
         z0, z1 = self.target(v0), self.target(v1)
         return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))

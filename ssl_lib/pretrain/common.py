@@ -35,6 +35,12 @@ ranks (shuffle-BN, as MoCo does instead of SyncBatchNorm); SwAV's Sinkhorn sums 
 BYOL and SwAV convert their batch norms to SyncBatchNorm on GPUs (``sync_batchnorm`` in their
 profiles; PyTorch has no SyncBatchNorm on CPU, so CPU DDP keeps per-rank BN); SparK's masked
 batch norm keeps per-rank statistics.
+
+GPU path (every profile, resolved per accelerator by :func:`resolve_device_options`): on CUDA
+bf16-mixed precision (Lightning AMP), channels-last weights and views, persistent loader
+workers with pinned memory, and no host-device sync per step (the loss stays on the device
+until the epoch ends; the progress bar shows it only on the CPU); ``compile=True`` adds
+``torch.compile`` of the encoder. On the CPU: float32, contiguous, no workers.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from torch import nn
 from ..augment import ViewTransform
 from ..data.store import SliceStore, StoreError, normalize_batch
 from ..models.backbone import build_backbone, encoder_state_dict
+from ..precision import is_cuda, resolve_channels_last, resolve_precision
 
 METHODS = ("byol", "swav", "mocov2", "spark")
 
@@ -80,6 +87,14 @@ class PretrainConfig:
     it only sizes the benchmark's generated store). ``crop_size``/``crop_scale``: the random
     resized crops. ``blur_p``: blur probability per view; ``blur_sigma`` in pixels of the crop.
     ``warmup_epochs``: linear warm-up, then cosine decay to zero over the run.
+
+    The GPU path (defaults suit every profile; ``None``/``"auto"`` are resolved by :func:`pretrain`
+    for the accelerator, see :mod:`ssl_lib.precision`): ``precision`` (Lightning's name; ``"auto"``:
+    ``"bf16-mixed"`` on CUDA, ``"32-true"`` on the CPU), ``channels_last`` (backbone weights and
+    input views in channels-last memory format; ``None``: on CUDA only), ``compile``
+    (``torch.compile`` of the exported backbone, off by default), ``num_workers`` (loader worker
+    processes; ``None``: up to 8 per device on CUDA, 0 on the CPU) and ``pin_memory`` (``None``:
+    on CUDA only).
     """
 
     method: str = ""
@@ -98,6 +113,11 @@ class PretrainConfig:
     blur_p: tuple[float, ...] = (0.5, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     sync_batchnorm: bool = False
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    num_workers: int | None = None
+    pin_memory: bool | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
@@ -328,6 +348,27 @@ class PretrainModule(pl.LightningModule):
         """Raise :class:`PretrainError` if the method cannot train on ``num_slices`` slices."""
 
     # -- shared machinery --------------------------------------------------------------------
+    #: channels-last input views (set by :meth:`use_device_options`)
+    channels_last: bool = False
+
+    def use_device_options(self, cuda: bool) -> None:
+        """Apply the config's memory format and compile options for a run on CUDA (``cuda``) or the CPU.
+
+        channels-last converts every 4-D weight (backbones, momentum copies, SparK's decoder) and
+        makes :meth:`rgb` hand the networks channels-last views; ``compile`` compiles the exported
+        encoder in place (``nn.Module.compile``: state-dict keys stay torchvision's).
+        """
+        self.channels_last = resolve_channels_last("cuda" if cuda else "cpu", self.cfg.channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.cfg.compile:
+            self.encoder.compile()
+
+    def rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """A grey view ``(B, 1, h, w)`` as the networks' input ``(B, 3, h, w)`` (:func:`to_rgb`, channels-last if set)."""
+        x = to_rgb(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @property
     def world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
@@ -348,7 +389,10 @@ class PretrainModule(pl.LightningModule):
         images = batch[0]
         x = self.normalize(images)
         loss = self.step_loss(x, self.step_generator())
-        self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+        # the progress bar turns its metrics into Python numbers every step (a host-device sync):
+        # show the loss there only on the CPU, where that costs nothing
+        self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=self.device.type == "cpu", sync_dist=True,
+                 batch_size=images.shape[0])
         return loss
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -423,11 +467,15 @@ class StoreDataModule(pl.LightningDataModule):
     """All slices of a store, shuffled per epoch by ``(seed, epoch)``, sharded across DDP ranks.
 
     Batches are uint8 ``(B, 1, H, W)`` (plus labels, unused) fetched whole from the memory map.
+    On a GPU, ``num_workers`` persistent worker processes read ahead into pinned memory
+    (``pin_memory``), so the copy to the device overlaps the previous step.
     """
 
-    def __init__(self, store: SliceStore, batch_size: int, seed: int = 0, num_workers: int = 0):
+    def __init__(self, store: SliceStore, batch_size: int, seed: int = 0, num_workers: int = 0,
+                 pin_memory: bool = False):
         super().__init__()
-        self.store, self.batch_size, self.seed, self.num_workers = store, int(batch_size), int(seed), num_workers
+        self.store, self.batch_size, self.seed, self.num_workers = store, int(batch_size), int(seed), int(num_workers)
+        self.pin_memory = bool(pin_memory)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -437,7 +485,7 @@ class StoreDataModule(pl.LightningDataModule):
                                                       seed=self.seed, drop_last=True)
         return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                                            collate_fn=_whole_batch, num_workers=self.num_workers,
-                                           persistent_workers=self.num_workers > 0)
+                                           persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 
 
 # ==============================================================================================
@@ -514,6 +562,7 @@ def encoder_card(module: PretrainModule, epoch: int, profile: str) -> dict:
         "method": cfg.method, "epoch": int(epoch), "global_step": int(module.global_step), "arch": cfg.arch,
         "image_size": int(cfg.crop_size), "channels": 3, "mean": float(module.hparams.mean),
         "std": float(module.hparams.std), "store": module.hparams.store, "profile": profile,
+        "precision": cfg.precision,
     }
 
 
@@ -521,7 +570,8 @@ def export_encoder(module: PretrainModule, out_dir: str | os.PathLike, epoch: in
     """Write ``encoders/epoch_XXXX.pt`` (torchvision state dict without ``fc``) and its ``.json`` card."""
     folder = Path(out_dir) / "encoders"
     path = folder / f"epoch_{epoch:04d}.pt"
-    _atomic_torch_save(encoder_state_dict(module.encoder), path)
+    state = {k: v.contiguous() for k, v in encoder_state_dict(module.encoder).items()}  # not channels-last
+    _atomic_torch_save(state, path)
     _atomic_write_text(path.with_suffix(".json"), json.dumps(encoder_card(module, epoch, profile), indent=2))
     return path
 
@@ -551,7 +601,8 @@ class MetricsLog(Callback):
     """``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per step), rank 0.
 
     Loss per epoch is the mean over steps and ranks; images/s counts source images of all ranks.
-    On resume, rows of epochs not covered by the checkpoint are dropped first.
+    On resume, rows of epochs not covered by the checkpoint are dropped first. Step losses stay
+    on the device until the epoch ends (one host-device sync per epoch, none per step).
     """
 
     def __init__(self, out_dir: Path, progress: bool = False):
@@ -573,10 +624,13 @@ class MetricsLog(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self._images += int(batch[0].shape[0])
-        self._rows.append((trainer.current_epoch + 1, trainer.global_step, float(loss.detach()), lr))
+        self._rows.append((trainer.current_epoch + 1, trainer.global_step, loss.detach().float().reshape(()), lr))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._t0
+        if self._rows:
+            losses = torch.stack([r[2] for r in self._rows]).cpu().tolist()
+            self._rows = [(e, s, x, lr) for (e, s, _, lr), x in zip(self._rows, losses)]
         mean = float(np.mean([r[2] for r in self._rows])) if self._rows else float("nan")
         mean = float(trainer.strategy.reduce(torch.tensor(mean, device=pl_module.device), reduce_op="mean"))
         images = self._images * trainer.world_size
@@ -647,6 +701,23 @@ def _strategy(world: int, strategy: str | None) -> str:
     return "ddp_notebook" if _IS_INTERACTIVE else "ddp"
 
 
+def resolve_device_options(cfg: PretrainConfig, accelerator: str = "auto", devices: int = 1) -> PretrainConfig:
+    """``cfg`` with its ``"auto"``/``None`` GPU-path fields decided for ``accelerator`` (pure but for ``"auto"``).
+
+    CUDA: bf16-mixed, channels-last, pinned memory and ``min(8, CPUs / devices)`` persistent
+    loader workers; CPU: 32-true, contiguous, no workers (reading the memory map is fast and
+    worker processes would compete with the compute threads).
+    """
+    cuda = is_cuda(accelerator)
+    workers = cfg.num_workers
+    if workers is None:
+        workers = max(1, min(8, (os.cpu_count() or 1) // max(1, devices))) if cuda else 0
+    return dataclasses.replace(
+        cfg, precision=resolve_precision(accelerator, cfg.precision),
+        channels_last=resolve_channels_last("cuda" if cuda else "cpu", cfg.channels_last),
+        num_workers=int(workers), pin_memory=cuda if cfg.pin_memory is None else bool(cfg.pin_memory))
+
+
 def pretrain(
     method: str,
     store: SliceStore | str | os.PathLike,
@@ -664,7 +735,7 @@ def pretrain(
     progress: bool = True,
     max_steps: int | None = None,
     strategy: str | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> PretrainResult:
@@ -675,9 +746,15 @@ def pretrain(
     the planned schedule (for tests and benchmarks). ``resume``: continue from
     ``out_dir/checkpoints/last.ckpt`` if present, else start fresh (with ``resume=False`` an
     existing run folder is an error). ``devices x num_nodes > 1`` runs DDP.
+
+    GPU path: ``precision`` (e.g. ``precision="bf16-mixed"``), ``channels_last``, ``compile``,
+    ``num_workers`` and ``pin_memory`` are config fields too (see :class:`PretrainConfig`); their
+    ``"auto"``/``None`` defaults are resolved here for ``accelerator`` and the run's config (in
+    ``result.config`` and the encoder cards) holds the resolved values.
     """
     cfg = get_config(method, profile, epochs=epochs, batch_size=batch_size, every_n_epochs=every_n_epochs,
-                     **overrides)
+                     num_workers=num_workers, **overrides)
+    cfg = resolve_device_options(cfg, accelerator, int(devices))
     if not isinstance(store, SliceStore):
         store = SliceStore(store)
     out_dir = Path(out_dir)
@@ -698,10 +775,12 @@ def pretrain(
                                   steps_per_epoch=steps_per_epoch, store=str(store.meta.get("name", store.path.name)))
     module.check_data(len(store), str(store.path))
     counts = count_parameters(module)
-    data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=num_workers)
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    use_gpu = is_cuda(accelerator)
+    module.use_device_options(cuda=use_gpu)
+    data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
+        precision=cfg.precision,
         max_epochs=cfg.epochs, max_steps=-1 if max_steps is None else int(max_steps),
         sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and use_gpu),
         use_distributed_sampler=False, logger=False, enable_model_summary=False,

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
-from .common import MoCoConfig, PretrainError, PretrainModule, to_rgb
+from .common import MoCoConfig, PretrainError, PretrainModule
 
 
 def _distributed() -> bool:
@@ -105,7 +105,7 @@ class MoCoV2(PretrainModule):
     def step_loss(self, x, generator=None):
         update_momentum(self.backbone, self.backbone_momentum, m=self.cfg.encoder_momentum)
         update_momentum(self.projection_head, self.projection_head_momentum, m=self.cfg.encoder_momentum)
-        vq, vk = (to_rgb(v) for v in self.views(x, generator))
+        vq, vk = (self.rgb(v) for v in self.views(x, generator))
         q = F.normalize(self.projection_head(self.backbone(vq)), dim=1)
         k = self.keys(vk)
         l_pos = (q * k).sum(1, keepdim=True)

@@ -22,7 +22,7 @@ from timm.optim import Lamb
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone
 from ..models.spark import SparK
-from .common import PretrainModule, SparKConfig, to_rgb
+from .common import PretrainModule, SparKConfig
 
 
 class SparKModule(PretrainModule):
@@ -55,7 +55,7 @@ class SparKModule(PretrainModule):
     def step_loss(self, x, generator=None):
         (v,) = self.views(x, generator)
         mask = self.spark.random_mask(v.shape[0], device=v.device, generator=generator)
-        return self.spark(to_rgb(v), mask)["loss"]
+        return self.spark(self.rgb(v), mask)["loss"]
 
     @torch.no_grad()
     def preview(self, images, seed=0):
@@ -64,7 +64,7 @@ class SparKModule(PretrainModule):
         g = self.step_generator(seed)
         (v,) = self.views(x, g)
         mask = self.spark.random_mask(v.shape[0], device=v.device, generator=g)
-        out = self.spark(to_rgb(v), mask)
+        out = self.spark(self.rgb(v), mask)
         visible = mask.float().repeat_interleave(self.spark.downsample_ratio, 2) \
                       .repeat_interleave(self.spark.downsample_ratio, 3)
         shown = self.denormalize(v)

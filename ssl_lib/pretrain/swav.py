@@ -32,7 +32,7 @@ from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
-from .common import PretrainModule, SwAVConfig, to_rgb
+from .common import PretrainModule, SwAVConfig
 
 
 class SwAV(PretrainModule):
@@ -71,9 +71,9 @@ class SwAV(PretrainModule):
 
     def scores(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         """Crops of one size, batched through the network together -> prototype scores per crop."""
-        feats = self.projection_head(self.backbone(to_rgb(torch.cat(crops))))
+        feats = self.projection_head(self.backbone(self.rgb(torch.cat(crops))))
         scores = self.prototypes(F.normalize(feats, dim=1))
-        return list(scores.chunk(len(crops)))
+        return list(scores.float().chunk(len(crops)))  # Sinkhorn (exp of scores / 0.05) in float32 under AMP
 
     def step_loss(self, x, generator=None):
         self.prototypes.normalize()

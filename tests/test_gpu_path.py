@@ -1,0 +1,163 @@
+"""The GPU path (bf16 autocast, channels-last, compile, loader workers, no per-step syncs), checked on the CPU."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import ssl_lib.finetune as ft
+from ssl_lib.data.store import SliceRecord, write_store
+from ssl_lib.models.classifier import Classifier
+from ssl_lib.precision import autocast, resolve_channels_last, resolve_precision
+from ssl_lib.pretrain import METHODS, PROFILES, build_module, get_config, method_class, pretrain
+from ssl_lib.pretrain.common import MetricsLog, StoreDataModule, resolve_device_options
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    records = (SliceRecord(rng.integers(0, 255, (32, 32)).astype(np.uint8), patient=f"p{i // 4}", source=f"s{i}")
+               for i in range(48))
+    return write_store(records, tmp_path_factory.mktemp("gpu") / "lidc", size=32, name="lidc")
+
+
+class SyncCounter:
+    """Counts tensor-to-Python conversions (``.item()``, ``float()``, ``bool()``, ``.tolist()``) made by
+    ssl_lib code while active: each is a host-device sync on a GPU. (torch's own CPU-side ones, e.g.
+    Adam's step counter, are not counted.)"""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.active = [], False
+        for name in ("item", "__float__", "__bool__", "tolist"):
+            original = getattr(torch.Tensor, name)
+
+            def wrapper(t, *a, _name=name, _orig=original, **k):
+                caller = sys._getframe(1).f_code.co_filename
+                if self.active and f"{os.sep}ssl_lib{os.sep}" in caller:
+                    self.calls.append(f"{_name} in {caller}")
+                return _orig(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+
+def test_resolve_precision_is_bf16_on_cuda_fp32_on_cpu():
+    assert resolve_precision("cuda") == "bf16-mixed"
+    assert resolve_precision("gpu", None) == "bf16-mixed"
+    assert resolve_precision(torch.device("cuda", 0), "auto") == "bf16-mixed"
+    assert resolve_precision("cpu") == "32-true"
+    assert resolve_precision("cpu", "bf16-mixed") == "bf16-mixed"
+    assert resolve_precision("cuda", "32-true") == "32-true"
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("cpu", "bf17")
+    assert resolve_channels_last("cuda") and not resolve_channels_last("cpu")
+    assert resolve_channels_last("cpu", True) and not resolve_channels_last("cuda", False)
+    assert isinstance(autocast("cpu", "bf16-mixed"), torch.autocast)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_paper_profile_selects_the_gpu_path_on_cuda_only(method):
+    cfg = get_config(method, "paper")
+    assert cfg.compile is False and cfg.precision == "auto"
+    gpu = resolve_device_options(cfg, "cuda", devices=1)
+    assert (gpu.precision, gpu.channels_last, gpu.pin_memory) == ("bf16-mixed", True, True)
+    assert gpu.num_workers >= 1 and gpu.compile is False
+    cpu = resolve_device_options(cfg, "cpu")
+    assert (cpu.precision, cpu.channels_last, cpu.pin_memory, cpu.num_workers) == ("32-true", False, False, 0)
+    assert resolve_device_options(cfg, "cuda", devices=1).num_workers <= 8
+    assert all(PROFILES[p][method].compile is False for p in PROFILES)
+
+
+def test_loader_pins_memory_and_keeps_workers():
+    class Store:
+        def dataset(self):
+            return list(range(16))
+
+    data = StoreDataModule(Store(), 4, num_workers=2, pin_memory=True)
+    loader = data.train_dataloader()
+    assert loader.pin_memory and loader.num_workers == 2 and loader.persistent_workers
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pretrain_bf16_mixed_on_cpu_two_steps(store, tmp_path, method, monkeypatch):
+    counter = SyncCounter(monkeypatch)
+
+    def counted(fn):
+        def wrapper(*a, **k):
+            counter.active = True
+            try:
+                return fn(*a, **k)
+            finally:
+                counter.active = False
+        return wrapper
+
+    cls = method_class(method)
+    monkeypatch.setattr(cls, "training_step", counted(cls.training_step))
+    monkeypatch.setattr(MetricsLog, "on_train_batch_end", counted(MetricsLog.on_train_batch_end))
+    res = pretrain(method, store, tmp_path / method, profile="smoke", epochs=1, max_steps=2, precision="bf16-mixed",
+                   progress=False)
+    assert res.global_step == 2 and res.config.precision == "bf16-mixed"
+    assert res.module.trainer.precision == "bf16-mixed"
+    assert np.isfinite(res.steps["loss"]).all() and len(res.steps) == 2
+    card = json.loads(res.encoder.with_suffix(".json").read_text())
+    assert card["precision"] == "bf16-mixed"
+    assert counter.calls == []  # no .item()/float()/bool() in the training step or the per-step log
+    assert res.module.encoder._compiled_call_impl is None  # compile is off by default
+
+
+def test_pretrain_defaults_on_cpu_and_channels_last_option(store, tmp_path):
+    res = pretrain("byol", store, tmp_path / "fp32", profile="smoke", epochs=1, max_steps=1, progress=False)
+    assert res.config.precision == "32-true" and res.config.channels_last is False and res.config.num_workers == 0
+    assert json.loads(res.encoder.with_suffix(".json").read_text())["precision"] == "32-true"
+    cl = pretrain("byol", store, tmp_path / "cl", profile="smoke", epochs=1, max_steps=1, channels_last=True,
+                  progress=False)
+    conv = cl.module.encoder.conv1.weight
+    assert cl.module.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
+    assert cl.module.rgb(torch.zeros(2, 1, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    assert np.isfinite(cl.steps["loss"]).all()
+    exported = torch.load(cl.encoder, weights_only=True)["conv1.weight"]
+    assert exported.is_contiguous()  # the exported encoder is a plain torchvision state dict
+
+
+def test_compile_option_compiles_the_encoder_in_place():
+    module = build_module("byol", "smoke", compile=True)
+    keys = set(module.encoder.state_dict())
+    module.use_device_options(cuda=False)
+    assert module.encoder._compiled_call_impl is not None  # lazily compiled on first call
+    assert set(module.encoder.state_dict()) == keys  # torchvision keys kept (no _orig_mod.)
+    assert not module.channels_last
+
+
+def test_device_options_of_finetune_profiles():
+    assert ft.device_options(ft.get_profile("paper"), "cuda") == (True, "bf16-mixed")
+    assert ft.device_options(ft.get_profile("paper"), "cpu") == (False, "32-true")
+    assert ft.device_options(ft.get_profile("quick"), "cpu") == (True, "32-true")
+    with pytest.raises(ValueError, match="fine-tuning supports"):
+        ft.device_options(ft.get_profile("smoke", precision="16-mixed"), "cpu")
+
+
+def test_finetune_bf16_autocast_on_cpu_gives_finite_metrics_without_step_syncs(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 255, (24, 1, 32, 32), dtype=torch.uint8, generator=g), torch.arange(24) % 2
+    prof = ft.get_profile("smoke", batch_size=8, linear_epochs=1, full_epochs=2, precision="bf16-mixed")
+    torch.manual_seed(0)
+    counter = SyncCounter(monkeypatch)
+    step = ft.train_step
+
+    def counted(*a, **k):
+        counter.active = True
+        try:
+            return step(*a, **k)
+        finally:
+            counter.active = False
+
+    monkeypatch.setattr(ft, "train_step", counted)
+    res = ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], prof, mean=0.5, std=0.25)
+    assert counter.calls == []  # no per-step sync in the full-model step
+    curves = res.curves
+    assert len(curves) == 3 and np.isfinite(curves[["train_loss", "val_loss", "val_accuracy"]].to_numpy()).all()
+    loss = step(res.model.train(), torch.optim.SGD(res.model.parameters(), lr=0.0), x[:4], y[:4], mean=0.5,
+                std=0.25, precision="bf16-mixed")
+    assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float32 and torch.isfinite(loss)
