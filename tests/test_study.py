@@ -90,7 +90,7 @@ def test_cli_pretrain_subcommand(tmp_path, capsys):
     records = (SliceRecord((rng.random((32, 32)) * 255).astype(np.uint8), f"p{i // 4}", -1, "train", str(i))
                for i in range(24))
     write_store(records, StudyPaths(tmp_path).store("lidc"), size=32, name="lidc")
-    assert study.main(["pretrain", "mocov2", "--output", str(tmp_path), "--profile", "smoke", "--epochs", "1",
+    assert study.main(["pretrain", "byol", "--output", str(tmp_path), "--profile", "smoke", "--epochs", "1",
                        "--num-workers", "0"]) == 0
     assert "encoders in" in capsys.readouterr().out
-    assert list((StudyPaths(tmp_path).pretrain("mocov2") / "encoders").glob("epoch_*.pt"))
+    assert list((StudyPaths(tmp_path).pretrain("byol") / "encoders").glob("epoch_*.pt"))
