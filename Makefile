@@ -20,7 +20,9 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 install: $(VENV)/.complete
 
-$(VENV)/.complete: requirements.txt
+# No file prerequisite: the hash of requirements.txt is in the path, and a fresh clone's newer
+# file times must not trigger a rebuild of an environment that already matches.
+$(VENV)/.complete:
 	@echo ">> creating environment $(VENV) (once per requirements.txt version)"
 	rm -rf "$(VENV)"
 	$(PYTHON_BOOT) -m venv "$(VENV)"
