@@ -136,3 +136,9 @@ def test_export_png(tmp_path):
     assert len(files) == 6
     key, idx = files[0].stem.rsplit("_", 1)
     np.testing.assert_array_equal(np.asarray(Image.open(files[0])), store.images[int(idx)])
+
+
+def test_extra_meta_is_written_with_the_store(tmp_path):
+    store = write_store(_records(n_patients=2), tmp_path / "s", size=8, name="s", extra_meta={"synthetic": True})
+    assert store.meta["synthetic"] is True
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["synthetic"] is True

@@ -85,6 +85,7 @@ def build_store(
     class_names: Sequence[str] | None = None,
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     overwrite: bool = False,
+    extra_meta: dict | None = None,
     **reader_options,
 ) -> SliceStore:
     """Read ``source`` (layout ``kind`` in ``{"lidc", "covid", "medmnist", "folder"}``) into a store at ``out``.
@@ -96,6 +97,7 @@ def build_store(
     (default: the folder name of ``out``). ``class_names``: for ``folder``/``medmnist`` sources.
     ``reader_options`` go to the reader (e.g. ``window=None`` for ``folder``, ``masks_root=...``,
     ``patient_of=...`` for ``covid``, ``flag="organsmnist"`` for a ``medmnist`` folder).
+    ``extra_meta``: merged into the store's ``meta.json``.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -117,6 +119,7 @@ def build_store(
         salt=salt,
         skipped=reader.skipped,
         reader=info,
+        extra_meta=extra_meta,
         overwrite=overwrite,
         progress=progress,
     )

@@ -92,15 +92,12 @@ def prepare_stores(
         out = paths.store(name)
         synthetic_source = plan["source"] is not None and synthetic is not None and str(plan["source"]).startswith(str(synthetic.root))
         signature = {"source": str(plan["source"]), "size": plan["size"], "synthetic": synthetic_source}
-        sig_file = out / "signature.json"
-        if not rebuild and sig_file.exists() and json.loads(sig_file.read_text()) == signature:
+        meta_file = out / "meta.json"
+        if not rebuild and meta_file.exists() and json.loads(meta_file.read_text()).get("signature") == signature:
             stores[name] = SliceStore(out)
             continue
         options = {k: v for k, v in plan.items() if k not in ("kind", "source", "size") and v is not None}
-        store = build_store(plan["kind"], plan["source"], out, size=plan["size"], skip_bad=skip_bad,
-                            split_seed=seed, progress=progress, overwrite=True, **options)
-        store.meta["synthetic"] = synthetic_source
-        (out / "meta.json").write_text(json.dumps(store.meta, indent=2))
-        sig_file.write_text(json.dumps(signature))
-        stores[name] = SliceStore(out)
+        stores[name] = build_store(plan["kind"], plan["source"], out, size=plan["size"], skip_bad=skip_bad,
+                                   split_seed=seed, progress=progress, overwrite=True,
+                                   extra_meta={"synthetic": synthetic_source, "signature": signature}, **options)
     return stores

@@ -163,6 +163,7 @@ def write_store(
     salt: str | None = None,
     skipped: SkipLog | None = None,
     reader: dict | None = None,
+    extra_meta: dict | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> "SliceStore":
@@ -171,7 +172,8 @@ def write_store(
     Slices are resized to ``size × size``. Records with ``split == ""`` are split by patient
     (:func:`patient_split`); given splits are kept, but a patient found in two splits is an
     error. ``salt`` keys the patient hash (random, and not stored, when ``None``; pass the same
-    salt to link patients across stores).
+    salt to link patients across stores). ``extra_meta`` is merged into ``meta.json`` (written
+    with the store, so it is as complete as the store).
     """
     out = Path(out)
     if out.exists():
@@ -229,6 +231,7 @@ def write_store(
             "counts": _counts(manifest, class_names),
             "skipped": len(skipped) if skipped is not None else 0,
             "reader": reader or {},
+            **(extra_meta or {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if skipped is not None and len(skipped):
