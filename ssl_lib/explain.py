@@ -746,7 +746,12 @@ def plot_localisation(table: pd.DataFrame):
 
 def heatmap_browser(heat: HeatMaps, *, cmap: str = "jet"):
     """An ipywidgets browser for JupyterLab: pick an image, a method and the overlay strength.
-    Returns the widget (a ``VBox``); it needs a live kernel, the static book shows the figures."""
+    Returns the widget (a ``VBox``); it needs a live kernel, the static book shows the figures.
+    In a batch run (:func:`ssl_lib.widgets.batch_run`) a note instead."""
+    from .widgets import batch_note, batch_run
+
+    if batch_run():
+        return batch_note()
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -1,20 +1,29 @@
 """The study runner: executes the notebook templates with papermill, then builds the book.
 
 ``python -m ssl_lib study --profile quick --output outputs/quick`` runs every step of
-:data:`STEPS` in order (each notebook executed into ``<output>/notebooks/``), times each step,
-then stages the book (the repository's ``_config.yml``, ``_toc.yml`` and ``book/`` plus the
+:data:`STEPS` (each notebook executed into ``<output>/notebooks/``), times each step, then
+stages the book (the repository's ``_config.yml``, ``_toc.yml`` and ``book/`` plus the
 executed notebooks) under ``<output>/book`` and builds HTML with Jupyter Book into
 ``<output>/book/_build/html``. Steps read only what earlier steps wrote under the output folder,
 so a step can be rerun alone (``--steps``).
+
+Steps run as soon as the steps they read from (``Step.after``) are done, up to ``jobs`` at a
+time (``--jobs``; default two on a CPU-only machine with two or more cores, else one): the four
+pre-trainings run two by two. Each step's notebook is executed by its own process, and every
+kernel gets an even share of the cores through ``OMP_NUM_THREADS``, so two single-threaded
+pre-trainings fill two cores where one two-threaded run leaves part of them idle (Python,
+data and plotting work is single-threaded). The largest steps (``Step.cost``) start first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,31 +31,40 @@ from pathlib import Path
 import pandas as pd
 
 from .paths import StudyPaths
+from .widgets import BATCH_ENV, NOTE
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
 class Step:
+    """A notebook of the study: ``after`` names the steps whose outputs it reads; ``cost`` is a
+    relative size hint (among steps ready at once, the largest starts first)."""
+
     name: str
     notebook: str  # relative to the repository root
+    after: tuple[str, ...] = ()
+    cost: float = 1.0
 
     @property
     def template(self) -> Path:
         return REPO / self.notebook
 
 
-#: The study's steps in order; each notebook takes at least ``profile`` and ``output_dir``.
+_PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spark")
+
+#: The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
+#: Costs: the quick profile's minutes on 2 cores.
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "notebooks/01_preprocess.ipynb"),
-    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb"),
-    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb"),
-    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb"),
-    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb"),
-    Step("finetune", "notebooks/06_finetune.ipynb"),
-    Step("reduction", "notebooks/07_reduction.ipynb"),
-    Step("gradcam", "notebooks/08_gradcam.ipynb"),
-    Step("results", "notebooks/09_results.ipynb"),
+    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4),
+    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0),
+    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7),
+    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6),
+    Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN),
+    Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",)),  # reuses 06's runs
+    Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",)),
+    Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
 )
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
@@ -62,32 +80,80 @@ def _notebook_parameters(path: Path) -> set[str]:
     return set(pm.inspect_notebook(str(path)).keys())
 
 
-def run_step(step: Step, paths: StudyPaths, profile: str, extra: dict | None = None, log_output: bool = False) -> float:
-    """Execute one step's notebook into ``<output>/notebooks``; returns its wall-clock seconds."""
-    import papermill as pm
+def default_jobs() -> int:
+    """Steps run side by side by default: 2 on a CPU-only machine with 2+ cores, else 1 (a GPU is not shared)."""
+    import torch
 
-    paths.notebooks.mkdir(parents=True, exist_ok=True)
+    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
+
+
+def _step_params(step: Step, paths: StudyPaths, profile: str, extra: dict | None) -> dict:
     params = {"profile": profile, "output_dir": str(paths.root.resolve())}
     accepted = _notebook_parameters(step.template)
-    for key, value in (extra or {}).items():
-        if key in accepted:
-            params[key] = value
+    params.update({k: v for k, v in (extra or {}).items() if k in accepted})
+    return params
+
+
+@dataclass
+class _Running:
+    step: Step
+    proc: subprocess.Popen
+    error_file: Path
+    start: float
+    threads: int | None
+
+
+def _launch(step: Step, paths: StudyPaths, profile: str, extra: dict | None, log_output: bool,
+            threads: int | None) -> _Running:
+    """Start executing ``step``'s notebook in a child process (its kernel limited to ``threads``)."""
+    paths.notebooks.mkdir(parents=True, exist_ok=True)
     out_nb = paths.notebooks / Path(step.notebook).name
+    fd, error_file = tempfile.mkstemp(prefix=f".{step.name}-", suffix=".json", dir=paths.notebooks)
+    os.close(fd)
+    env = dict(os.environ)
     # figures must reach the executed notebook: the kernel inherits the environment, and a
     # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    start = time.perf_counter()
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    env[BATCH_ENV] = "1"  # browsers show a note, not live widgets (see ssl_lib.widgets)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "ssl_lib", "_notebook", str(step.template), str(out_nb), error_file,
+           json.dumps(_step_params(step, paths, profile, extra))] + (["--log-output"] if log_output else [])
+    return _Running(step, subprocess.Popen(cmd, env=env, cwd=str(REPO)), Path(error_file), time.perf_counter(),
+                    threads)
+
+
+def _finish(run: _Running, paths: StudyPaths) -> None:
+    """Raise :class:`StudyError` if ``run`` (finished) failed; tidy its error file."""
+    text = run.error_file.read_text() if run.error_file.is_file() else ""
+    run.error_file.unlink(missing_ok=True)
+    if run.proc.returncode == 0:
+        return
+    out_nb = paths.notebooks / Path(run.step.notebook).name
+    info = json.loads(text) if text.strip() else {}
+    if "ename" in info:
+        raise StudyError(f"step {run.step.name!r} failed in cell {info.get('exec_count')}: {info['ename']}: "
+                         f"{info['evalue']}\nsee the executed notebook {out_nb}")
+    raise StudyError(f"step {run.step.name!r} stopped with exit code {run.proc.returncode}"
+                     f"{': ' + info['error'] if 'error' in info else ''}\nsee the executed notebook {out_nb}")
+
+
+def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, log_output: bool = False) -> int:
+    """Run one notebook with papermill (the child side of :func:`_launch`); 0, or 1 with the error in ``error_file``."""
+    import papermill as pm
+
     try:
-        pm.execute_notebook(
-            str(step.template), str(out_nb), parameters=params, cwd=str(REPO), kernel_name="python3",
-            progress_bar=False, log_output=log_output,
-        )
+        pm.execute_notebook(template, out_nb, parameters=params, cwd=str(REPO), kernel_name="python3",
+                            progress_bar=False, log_output=log_output)
     except pm.PapermillExecutionError as err:
-        raise StudyError(
-            f"step {step.name!r} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-            f"see the executed notebook {out_nb}"
-        ) from None
-    return time.perf_counter() - start
+        Path(error_file).write_text(json.dumps({"exec_count": err.exec_count, "ename": err.ename,
+                                                "evalue": str(err.evalue)}))
+        return 1
+    except Exception as err:  # noqa: BLE001 - kernel died, bad template, ...: reported by the parent
+        Path(error_file).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
+        return 1
+    return 0
 
 
 def stage_book(paths: StudyPaths) -> Path:
@@ -132,20 +198,32 @@ def _copy_without_widget_state(src: Path, dst: Path) -> None:
             data = out.get("data", {})
             if "application/vnd.jupyter.widget-view+json" in data:
                 data.pop("application/vnd.jupyter.widget-view+json")
-                data["text/plain"] = "(interactive widget: open this notebook in JupyterLab to use it)"
+                data["text/plain"] = NOTE
     nbformat.write(nb, dst)
 
 
+def wall_seconds(timings: pd.DataFrame) -> float:
+    """The study's wall-clock time: the last step's end (steps overlap when run side by side)."""
+    if "start_s" in timings:
+        return float((timings["start_s"] + timings["seconds"]).max())
+    return float(timings["seconds"].sum())
+
+
 def _append_timings(page: Path, timings: pd.DataFrame) -> None:
-    total = timings["seconds"].sum()
-    table = timings.assign(
-        minutes=(timings["seconds"] / 60).round(2), share=(100 * timings["seconds"] / total).round(1).astype(str) + " %"
-    )[["step", "minutes", "share"]]
+    total = wall_seconds(timings)
+    if "start_s" not in timings:
+        timings = timings.assign(start_s=timings["seconds"].cumsum() - timings["seconds"])
+    if "threads" not in timings:
+        timings = timings.assign(threads="")
     lines = ["", "## Timing of the last run", "",
              f"Profile `{timings['profile'].iloc[0]}`, measured by the study runner on "
-             f"{timings['machine'].iloc[0]}: **{total / 60:.1f} minutes** in all.", "",
-             "| step | minutes | share |", "|---|---:|---:|"]
-    lines += [f"| {r.step} | {r.minutes:.2f} | {r.share} |" for r in table.itertuples()]
+             f"{timings['machine'].iloc[0]}: **{total / 60:.1f} minutes** from start to finished book.", "",
+             "Steps whose inputs are ready run side by side (the pre-trainings two by two on a CPU), "
+             "each on its share of the cores (*threads*); *share* is a step's time over the total, "
+             "so overlapping steps add up to more than 100 %.", "",
+             "| step | start (min) | minutes | threads | share |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.step} | {r.start_s / 60:.2f} | {r.seconds / 60:.2f} | {r.threads} | "
+              f"{100 * r.seconds / max(total, 1e-9):.1f} % |" for r in timings.itertuples()]
     with open(page, "a") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -170,38 +248,80 @@ def _machine() -> str:
 
 
 def run_study(output: str | os.PathLike, profile: str = "quick", steps: list[str] | None = None,
-              extra: dict | None = None, book: bool = True, log_output: bool = False) -> pd.DataFrame:
-    """Run the study's steps (all, or those named in ``steps``) and build the book; returns timings."""
+              extra: dict | None = None, book: bool = True, log_output: bool = False,
+              jobs: int | None = None) -> pd.DataFrame:
+    """Run the study's steps (all, or those named in ``steps``) and build the book; returns timings.
+
+    ``jobs``: steps run side by side (``None``: :func:`default_jobs`). A step starts once the
+    steps in its ``after`` (among those chosen) are done; a failed step stops the study (steps
+    still running are ended) with a :class:`StudyError` naming it and its executed notebook.
+    """
     paths = StudyPaths(output)
     paths.root.mkdir(parents=True, exist_ok=True)
     chosen = [s for s in STEPS if steps is None or s.name in steps]
     unknown = set(steps or []) - {s.name for s in STEPS}
     if unknown:
         raise StudyError(f"unknown step(s) {sorted(unknown)}; the steps are {[s.name for s in STEPS]}")
-    rows = []
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise StudyError(f"jobs must be at least 1, got {jobs}")
+    cpus = os.cpu_count() or 1
+    names = {s.name for s in chosen}
+    rows: list[dict] = []
     machine = _machine()
     t0 = time.perf_counter()
-    for i, step in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {step.name} ({step.notebook}) ...", flush=True)
-        seconds = run_step(step, paths, profile, extra, log_output=log_output)
-        print(f"[{i}/{len(chosen)}] {step.name} done in {seconds / 60:.1f} min", flush=True)
-        rows.append({"step": step.name, "seconds": round(seconds, 1), "profile": profile, "machine": machine})
+    pending, running, done = list(chosen), [], set()
+    n = len(chosen)
+
+    def save():
         pd.DataFrame(rows).to_csv(paths.timings, index=False)  # kept current so the book shows progress
+
+    try:
+        while pending or running:
+            ready = [s for s in pending if all(d in done or d not in names for d in s.after)]
+            ready.sort(key=lambda s: -s.cost)
+            while ready and len(running) < jobs:
+                step = ready.pop(0)
+                pending.remove(step)
+                # share the cores among the steps that run (or could run) now; a lone step gets all
+                share = min(jobs, len(running) + 1 + len(ready))
+                threads = max(1, cpus // share) if jobs > 1 else None
+                print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started"
+                      + (f" on {threads} thread(s)" if threads else "") + " ...", flush=True)
+                running.append(_launch(step, paths, profile, extra, log_output, threads))
+            time.sleep(0.2)
+            for run in [r for r in running if r.proc.poll() is not None]:
+                running.remove(run)
+                _finish(run, paths)
+                seconds = time.perf_counter() - run.start
+                done.add(run.step.name)
+                rows.append({"step": run.step.name, "start_s": round(run.start - t0, 1), "seconds": round(seconds, 1),
+                             "threads": run.threads or cpus, "profile": profile, "machine": machine})
+                save()
+                print(f"    {run.step.name} done in {seconds / 60:.1f} min", flush=True)
+    finally:
+        for run in running:  # only after a failure or an interrupt
+            run.proc.terminate()
+            run.proc.wait()
+            run.error_file.unlink(missing_ok=True)
     if book:
         print("[book] building HTML ...", flush=True)
         start = time.perf_counter()
-        rows.append({"step": "book", "seconds": 0.0, "profile": profile, "machine": machine})
-        pd.DataFrame(rows).to_csv(paths.timings, index=False)
+        rows.append({"step": "book", "start_s": round(start - t0, 1), "seconds": 0.0, "threads": cpus,
+                     "profile": profile, "machine": machine})
+        save()
         index = build_book(paths)
         rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
-        pd.DataFrame(rows).to_csv(paths.timings, index=False)
+        save()
         print(f"[book] done: {index}", flush=True)
     timings = pd.DataFrame(rows)
     total = time.perf_counter() - t0
-    print("\nstep timings (minutes):")
+    print(f"\nstep timings ({jobs} at a time; share = the step's time over the total wall-clock time):")
+    print(f"  {'step':<16} {'start':>6} {'minutes':>8} {'share':>7}")
     for r in rows:
-        print(f"  {r['step']:<14} {r['seconds'] / 60:6.2f}  {100 * r['seconds'] / max(total, 1e-9):5.1f} %")
-    print(f"  {'total':<14} {total / 60:6.2f}")
+        print(f"  {r['step']:<16} {r['start_s'] / 60:6.2f} {r['seconds'] / 60:8.2f} "
+              f"{100 * r['seconds'] / max(total, 1e-9):6.1f} %")
+    print(f"  {'total (wall)':<16} {'':>6} {total / 60:8.2f}")
     return timings
 
 
@@ -229,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p_study.add_argument("--steps", nargs="*", default=None, help=f"run only these steps: {[s.name for s in STEPS]}")
     p_study.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="notebook parameter passed to every step that declares it (e.g. devices=4, lidc_root=/data/LIDC-IDRI)")
+    p_study.add_argument("--jobs", type=int, default=None,
+                         help="steps run side by side (default: 2 on a CPU-only machine with 2+ cores, else 1)")
     p_study.add_argument("--no-book", action="store_true", help="skip the book build")
     p_study.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
@@ -243,12 +365,20 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--devices", type=int, default=1, help="GPUs per node")
     p_pre.add_argument("--nodes", type=int, default=1)
     p_pre.add_argument("--num-workers", type=int, default=4)
+    p_nb = sub.add_parser("_notebook")  # internal: one step's notebook, run by the study runner
+    p_nb.add_argument("template")
+    p_nb.add_argument("out")
+    p_nb.add_argument("error_file")
+    p_nb.add_argument("params")
+    p_nb.add_argument("--log-output", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.command == "_notebook":
+            return execute_notebook(args.template, args.out, args.error_file, json.loads(args.params), args.log_output)
         if args.command == "study":
             out = args.output or f"outputs/{args.profile}"
             run_study(out, args.profile, args.steps, _parse_extra(args.param), book=not args.no_book,
-                      log_output=args.log_output)
+                      log_output=args.log_output, jobs=args.jobs)
         elif args.command == "pretrain":
             from .pretrain import pretrain
 

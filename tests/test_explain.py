@@ -217,7 +217,7 @@ def test_gradcam_for_inits_and_cache(study, monkeypatch):
         explain.gradcam_for_inits(study, "covid", 0.5, 0, inits=["byol"])
 
 
-def test_run_gradcam_writes_tables_and_figures(study):
+def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     res = explain.run_gradcam(study, "covid", 1.0, 0, profile="smoke")
     assert res.files["correlation"].is_file() and res.files["localisation"].is_file()
     assert len(res.correlation) == 10  # 5 inits -> 10 pairs
@@ -232,6 +232,8 @@ def test_run_gradcam_writes_tables_and_figures(study):
     box = explain.heatmap_browser(res.heat)
     assert box.children and len(box.children[0].children) == 3
     plt.close("all")
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: a note, no live widget
+    assert "JupyterLab" in explain.heatmap_browser(res.heat).data
 
 
 def test_gradcam_for_a_cross_validated_task_uses_the_fold(tmp_path):

@@ -166,3 +166,93 @@ def test_released_checkpoint_name_in_results(tmp_path):
     torch.save({"state_dict": {"online_network.encoder." + k: v for k, v in bb.state_dict().items()}}, path)
     assert ft.init_name(path, tmp_path, "resnet18") == "byol-released"
     assert ft.init_name("spark", tmp_path, "resnet18") == "spark"
+
+
+def test_linear_lr_is_the_heads_rate_in_the_linear_phase():
+    x, y = _tensors()
+    heads = {}
+    for linear_lr in (0.0, None):
+        torch.manual_seed(0)
+        model = Classifier("resnet18", 2)
+        before = model.head.weight.clone()
+        ft.fit(model, x, y, x[:8], y[:8], ft.get_profile(PROFILE, linear_epochs=2, full_epochs=0, linear_lr=linear_lr),
+               mean=0.5, std=0.25)
+        heads[linear_lr] = torch.equal(before, model.head.weight)
+    assert heads == {0.0: True, None: False}  # lr 0 leaves the head; None trains it at ``lr``
+
+
+def test_frozen_features_are_cached_per_backbone_and_equal_fresh_ones(study, monkeypatch):
+    data = ft.load_task_data(study, "covid", 32)
+    prof = ft.get_profile(PROFILE, linear_epochs=2, full_epochs=1)
+    split = ft.task_splits(data.store, "covid")
+    ft._FEATURE_CACHE.clear()
+    torch.manual_seed(0)
+    model = Classifier("resnet18", 2)
+    calls = []
+    real = ft._features
+    monkeypatch.setattr(ft, "_features", lambda bb, images, *a, **k: calls.append(len(images)) or real(bb, images, *a, **k))
+    half = split.train[: len(split.train) // 2]
+    first = ft.frozen_features(model.backbone, data, prof, half, split.val)
+    full = ft.frozen_features(model.backbone, data, prof, split.train, split.val)
+    # plain rows of train+val once, then only the missing train rows; mirrors as needed
+    assert calls == [len(half) + len(split.val), len(half), len(split.train) - len(half), len(split.train) - len(half)]
+    again = ft.frozen_features(model.backbone, data, prof, split.train, split.val)
+    assert len(calls) == 4  # all cached
+    t = torch.from_numpy
+    fresh = real(model.backbone, data.images[t(split.train)], data.mean, data.std, 64, torch.device("cpu"), False)
+    flipped = real(model.backbone, data.images[t(split.train)], data.mean, data.std, 64, torch.device("cpu"), False,
+                   flip=True)
+    assert torch.allclose(again.train, fresh, atol=1e-5) and torch.allclose(again.train_flipped, flipped, atol=1e-5)
+    assert torch.allclose(first.train, full.train[: len(half)]) and torch.equal(first.val, full.val)
+    other = Classifier("resnet18", 2)  # other weights: other features, not the cached ones
+    assert not torch.allclose(ft.frozen_features(other.backbone, data, prof, split.train, split.val).train, full.train)
+    with pytest.raises(ValueError, match="do not match"):
+        ft.fit(model, data.images[t(split.train)], data.labels[t(split.train)], data.images[t(split.val)],
+               data.labels[t(split.val)], prof, mean=data.mean, std=data.std, frozen=first)
+
+
+def test_cached_features_give_the_same_run(study):
+    prof = ft.get_profile(PROFILE, linear_epochs=3, full_epochs=1)
+    ft._FEATURE_CACHE.clear()
+    cold = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False)
+    warm = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False)
+    assert len(ft._FEATURE_CACHE) == 1
+    np.testing.assert_allclose(cold["_probs"], warm["_probs"], atol=1e-5)
+    assert cold["best_epoch"] == warm["best_epoch"]
+
+
+def test_grid_on_worker_processes_matches_serial(tmp_path):
+    import shutil
+
+    make_stores(tmp_path / "a")
+    export_encoders(tmp_path / "a", "byol", [3])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same stores (their patient keys are salted per store)
+    prof = ft.get_profile(PROFILE, linear_epochs=2, full_epochs=1)
+    kw = dict(tasks=["covid", "brain"], fractions=[1.0, 0.5], seeds=[0, 1], profile=prof, progress=False, stop_f1=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count (1 each here), so the arithmetic is the same
+    try:
+        serial = ft.run_grid(tmp_path / "a", workers=1, **kw)
+        parallel = ft.run_grid(tmp_path / "b", workers=2, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(serial) == len(parallel) == 16
+    key = ft.RUN_KEY
+    a = serial.sort_values(key).reset_index(drop=True)
+    b = parallel.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key], b[key])
+    for col in ("accuracy", "auc", "f1", "train_size", "best_epoch"):
+        np.testing.assert_allclose(a[col].astype(float), b[col].astype(float), atol=1e-6, err_msg=col)
+    assert ft.run_file(tmp_path / "b", "models", "brain", "byol", 0.5, 1, 1).is_file()
+    again = ft.run_grid(tmp_path / "b", workers=2, **kw)  # resumable: nothing left to run
+    assert len(again) == 16
+    with pytest.raises(ValueError, match="workers"):
+        ft.run_grid(tmp_path / "b", workers=0, **kw)
+
+
+def test_worker_errors_reach_the_caller(tmp_path):
+    make_stores(tmp_path)
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0)
+    export_encoders(tmp_path, "byol", [3], arch="resnet34")  # wrong architecture for the profile's resnet18
+    with pytest.raises(ft.InitError):
+        ft.run_grid(tmp_path, ["covid", "brain"], ["byol"], [1.0], [0], prof, workers=2, progress=False, stop_f1=None)

@@ -59,7 +59,7 @@ def test_no_dicom_identifier_in_any_store_file(out):
             assert not leaked, f"{f} contains {leaked[:3]}"
 
 
-def test_views(out):
+def test_views(out, monkeypatch):
     stores = prepare_stores(out, "smoke", progress=False)
     summary = views.store_summary(stores)
     assert list(summary.index) == list(STORE_NAMES) and (summary["data"] == "synthetic").all()
@@ -70,7 +70,9 @@ def test_views(out):
     hu = views.series_hu(sources_at(StudyPaths(out).synthetic).lidc)
     assert hu.ndim == 3 and hu.min() < -900 and hu.max() > 300  # air and bone in HU
     assert isinstance(views.hu_histogram_of("", out), matplotlib.figure.Figure)
-    assert views.slice_browser(stores["covid"]) is not None
+    assert views.slice_browser(stores["covid"]).children  # a live widget
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: a note, no live widget
+    assert "JupyterLab" in views.slice_browser(stores["covid"]).data
 
 
 def test_user_source_replaces_synthetic(out, tmp_path):

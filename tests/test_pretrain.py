@@ -152,7 +152,7 @@ def test_param_table_paper_sizes():
     assert table.loc["swav", "momentum"] == 0 and table.loc["spark", "momentum"] == 0
 
 
-def test_previews(store, runs):
+def test_previews(store, runs, monkeypatch):
     images = store.read([0, 1, 2])
     views = preview("swav", images, profile="smoke")
     assert list(views) == ["original"] + [f"view {i}" for i in range(1, 5)]
@@ -166,3 +166,5 @@ def test_previews(store, runs):
     fig = plot_views(spark)
     assert len(fig.axes) == 3 * 4
     assert view_browser(views).children  # a slider widget
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: a note, no live widget
+    assert "JupyterLab" in view_browser(views).data

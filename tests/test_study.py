@@ -94,3 +94,76 @@ def test_cli_pretrain_subcommand(tmp_path, capsys):
                        "--num-workers", "0"]) == 0
     assert "encoders in" in capsys.readouterr().out
     assert list((StudyPaths(tmp_path).pretrain("byol") / "encoders").glob("epoch_*.pt"))
+
+
+def _timed_notebook(path, name, sleep):
+    write_notebook(path, [
+        ("params", "profile = 'quick'\noutput_dir = 'x'"),
+        ("code", f"import os, time, json\nfrom pathlib import Path\nstart = time.time()\ntime.sleep({sleep})\n"
+                 f"Path(output_dir, '{name}.json').write_text(json.dumps({{'start': start, 'end': time.time(), "
+                 f"'threads': os.environ.get('OMP_NUM_THREADS')}}))"),
+    ])
+    return path
+
+
+def test_steps_run_side_by_side_once_their_inputs_are_done(tmp_path, monkeypatch):
+    import json
+    import os
+
+    a, b, c = (_timed_notebook(tmp_path / f"{n}.ipynb", n, 4) for n in "abc")
+    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a)), study.Step("b", str(b)),
+                                         study.Step("c", str(c), after=("a", "b"))))
+    out = tmp_path / "out"
+    timings = study.run_study(out, "smoke", book=False, jobs=2)
+    seen = {n: json.loads((out / f"{n}.json").read_text()) for n in "abc"}
+    assert seen["a"]["start"] < seen["b"]["end"] and seen["b"]["start"] < seen["a"]["end"]  # a and b overlapped
+    assert seen["c"]["start"] >= max(seen["a"]["end"], seen["b"]["end"])  # c waited for both
+    cpus = os.cpu_count()
+    assert seen["a"]["threads"] == seen["b"]["threads"] == str(max(1, cpus // 2))  # the cores shared
+    assert seen["c"]["threads"] == str(cpus)  # alone: all of them
+    saved = pd.read_csv(StudyPaths(out).timings)
+    assert set(saved["step"]) == {"a", "b", "c"} and {"start_s", "threads"} <= set(saved.columns)
+    wall = study.wall_seconds(saved)
+    assert wall < saved["seconds"].sum() and wall == pytest.approx((saved["start_s"] + saved["seconds"]).max())
+    assert list(timings["step"])[-1] == "c"
+    # one at a time: a step alone gets no thread limit and the steps do not overlap
+    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a)), study.Step("b", str(b))))
+    study.run_study(tmp_path / "serial", "smoke", book=False, jobs=1)
+    seen = {n: json.loads((tmp_path / "serial" / f"{n}.json").read_text()) for n in "ab"}
+    assert seen["b"]["start"] >= seen["a"]["end"] and seen["a"]["threads"] is None
+
+
+def test_a_failing_step_ends_the_steps_running_beside_it(tmp_path, tiny_steps, monkeypatch):
+    import time
+
+    _, bad = tiny_steps
+    slow = _timed_notebook(tmp_path / "slow.ipynb", "slow", 120)
+    monkeypatch.setattr(study, "STEPS", (study.Step("slow", str(slow)), study.Step("bad", str(bad))))
+    start = time.perf_counter()
+    with pytest.raises(study.StudyError, match=r"step 'bad' failed.*broken input"):
+        study.run_study(tmp_path / "out", "smoke", book=False, jobs=2)
+    assert time.perf_counter() - start < 100 and not (tmp_path / "out" / "slow.json").exists()
+
+
+def test_reproduce_page_gets_the_wall_clock_table(tmp_path):
+    page = tmp_path / "reproduce.md"
+    page.write_text("# Reproduce\n")
+    timings = pd.DataFrame([
+        {"step": "a", "start_s": 0.0, "seconds": 60.0, "threads": 1, "profile": "quick", "machine": "m"},
+        {"step": "b", "start_s": 0.0, "seconds": 120.0, "threads": 1, "profile": "quick", "machine": "m"},
+        {"step": "c", "start_s": 120.0, "seconds": 60.0, "threads": 2, "profile": "quick", "machine": "m"}])
+    study._append_timings(page, timings)
+    text = page.read_text()
+    assert "**3.0 minutes**" in text  # the wall clock, not the 4.0 minutes of step time
+    assert "| b | 0.00 | 2.00 | 1 | 66.7 % |" in text and "| c | 2.00 | 1.00 | 2 | 33.3 % |" in text
+
+
+def test_kernels_of_the_runner_know_they_run_in_batch(tmp_path, monkeypatch):
+    nb = tmp_path / "w.ipynb"
+    write_notebook(nb, [("params", "profile = 'quick'\noutput_dir = 'x'"),
+                        ("code", "from pathlib import Path\nfrom ssl_lib.widgets import batch_run\n"
+                                 "Path(output_dir, 'batch.txt').write_text(str(batch_run()))")])
+    monkeypatch.setattr(study, "STEPS", (study.Step("w", str(nb)),))
+    monkeypatch.delenv("SSL_CT_BATCH", raising=False)
+    study.run_study(tmp_path / "out", "smoke", book=False, jobs=1)
+    assert (tmp_path / "out" / "batch.txt").read_text() == "True"

@@ -80,7 +80,11 @@ def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU
 
 
 def slice_browser(store: SliceStore):
-    """An ipywidgets browser of a store's slices (and masks) for JupyterLab."""
+    """An ipywidgets browser of a store's slices (and masks) for JupyterLab (a note in batch runs)."""
+    from ..widgets import batch_note, batch_run
+
+    if batch_run():
+        return batch_note()
     import ipywidgets as widgets
 
     out = widgets.Output()

@@ -902,7 +902,13 @@ def plot_views(views: dict[str, torch.Tensor], samples: Sequence[int] | None = N
 
 
 def view_browser(views: dict[str, torch.Tensor]):
-    """An ipywidgets slider over the samples (shows nothing in a static book: pair it with :func:`plot_views`)."""
+    """An ipywidgets slider over the samples (shows nothing in a static book: pair it with :func:`plot_views`).
+
+    In a batch run (:func:`ssl_lib.widgets.batch_run`) a note instead."""
+    from ..widgets import batch_note, batch_run
+
+    if batch_run():
+        return batch_note()
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
