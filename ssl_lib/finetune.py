@@ -54,7 +54,8 @@ import torch.nn.functional as F
 
 from .data.store import SliceStore, normalize_batch
 from .inits import EncoderInit, InitError, apply_init, available_methods, list_encoder_epochs, load_init
-from .metrics import compute_metrics
+from .metrics import accuracy, auc, compute_metrics
+from .metrics import f1 as f1_metric
 from .models.classifier import Classifier, save_classifier
 from .paths import StudyPaths
 from .precision import autocast, resolve_channels_last, resolve_precision
@@ -355,8 +356,8 @@ def frozen_features(backbone: torch.nn.Module, data: TaskData, profile: str | Fi
 
 
 def _val_row(probs: np.ndarray, labels: np.ndarray, loss: float) -> dict:
-    m = compute_metrics(labels, probs)
-    return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_f1": m["f1"]}
+    return {"val_loss": loss, "val_accuracy": accuracy(labels, probs), "val_auc": auc(labels, probs),
+            "val_f1": f1_metric(labels, probs)}
 
 
 def _nll(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -223,7 +223,8 @@ def _append_timings(page: Path, timings: pd.DataFrame) -> None:
              "so overlapping steps add up to more than 100 %.", "",
              "| step | start (min) | minutes | threads | share |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r.step} | {r.start_s / 60:.2f} | {r.seconds / 60:.2f} | {r.threads} | "
-              f"{100 * r.seconds / max(total, 1e-9):.1f} % |" for r in timings.itertuples()]
+              f"{100 * r.seconds / max(total, 1e-9):.1f} % |" if r.seconds > 0 or r.step != "book" else
+              f"| book | {r.start_s / 60:.2f} | (this build) | {r.threads} | |" for r in timings.itertuples()]
     with open(page, "a") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -151,11 +151,13 @@ def test_reproduce_page_gets_the_wall_clock_table(tmp_path):
     timings = pd.DataFrame([
         {"step": "a", "start_s": 0.0, "seconds": 60.0, "threads": 1, "profile": "quick", "machine": "m"},
         {"step": "b", "start_s": 0.0, "seconds": 120.0, "threads": 1, "profile": "quick", "machine": "m"},
-        {"step": "c", "start_s": 120.0, "seconds": 60.0, "threads": 2, "profile": "quick", "machine": "m"}])
+        {"step": "c", "start_s": 120.0, "seconds": 60.0, "threads": 2, "profile": "quick", "machine": "m"},
+        {"step": "book", "start_s": 180.0, "seconds": 0.0, "threads": 2, "profile": "quick", "machine": "m"}])
     study._append_timings(page, timings)
     text = page.read_text()
     assert "**3.0 minutes**" in text  # the wall clock, not the 4.0 minutes of step time
     assert "| b | 0.00 | 2.00 | 1 | 66.7 % |" in text and "| c | 2.00 | 1.00 | 2 | 33.3 % |" in text
+    assert "| book | 3.00 | (this build) |" in text  # the page is written before the book is built
 
 
 def test_kernels_of_the_runner_know_they_run_in_batch(tmp_path, monkeypatch):
