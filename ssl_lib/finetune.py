@@ -21,8 +21,9 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
   the features of a task's slices per backbone (:func:`frozen_features`, keyed by a hash of the
   weights and of the slices), so the runs of one init at other fractions and seeds reuse them;
 * :func:`run_grid` spreads runs over worker processes (``workers``; on the CPU each worker gets
-  an equal share of the threads: two single-threaded ResNet18 workers train about 1.25x faster
-  than one two-threaded process on 2 cores);
+  an equal share of the threads: on 2 cores two single-threaded workers ran a quick-profile grid
+  1.24x faster than one two-threaded process, and sharing features 1.22x faster than
+  recomputing them per run, ``benchmarks/grid_speed.py``);
 * the best validation state is kept in memory and the test set is evaluated once with it;
 * on a GPU (the paper profile's setting): bfloat16 autocast (``precision``, see
   :mod:`ssl_lib.precision`), channels-last tensors, asynchronous host-to-device copies and no
