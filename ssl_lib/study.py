@@ -343,7 +343,7 @@ def _parse_extra(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssl_lib", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{study,book,pretrain}")
     p_study = sub.add_parser("study", help="run the study's notebooks and build the book")
     p_study.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
     p_study.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--devices", type=int, default=1, help="GPUs per node")
     p_pre.add_argument("--nodes", type=int, default=1)
     p_pre.add_argument("--num-workers", type=int, default=4)
-    p_nb = sub.add_parser("_notebook")  # internal: one step's notebook, run by the study runner
+    p_nb = sub.add_parser("_notebook", help=argparse.SUPPRESS)  # internal: one step's notebook, for the runner
     p_nb.add_argument("template")
     p_nb.add_argument("out")
     p_nb.add_argument("error_file")
