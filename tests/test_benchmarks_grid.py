@@ -1,12 +1,8 @@
-import importlib.util
-from pathlib import Path
+from benchmark_modules import load_benchmark
 
 
 def test_grid_benchmark_runs_tiny(capsys):
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grid_speed.py"
-    spec = importlib.util.spec_from_file_location("grid_speed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("grid_speed")
     seconds = mod.main(["--profile", "smoke", "--n", "40", "--inits", "2", "--workers", "2"])
     assert len(seconds) == 3 and all(s > 0 for s in seconds.values())
     out = capsys.readouterr().out

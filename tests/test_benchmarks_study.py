@@ -1,17 +1,12 @@
 """The study speed benchmark runs end to end at smoke size on the CPU (no timing assertions)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "study_speed.py"
+from benchmark_modules import load_benchmark
 
 
 def test_study_speed_runs_at_smoke_size(capsys):
-    spec = importlib.util.spec_from_file_location("study_speed", PATH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("study_speed")
     out = bench.main(["--profile", "smoke", "--device", "cpu", "--steps", "1", "--warmup", "0",
                       "--finetune-n", "32", "--store-n", "12", "--store-source-size", "48", "--store-size", "16",
                       "--store-batch", "4", "--paper", "--paper-profile", "smoke", "--paper-methods", "byol",

@@ -256,3 +256,10 @@ def test_worker_errors_reach_the_caller(tmp_path):
     export_encoders(tmp_path, "byol", [3], arch="resnet34")  # wrong architecture for the profile's resnet18
     with pytest.raises(ft.InitError):
         ft.run_grid(tmp_path, ["covid", "brain"], ["byol"], [1.0], [0], prof, workers=2, progress=False, stop_f1=None)
+
+
+def test_auto_workers_one_on_cuda_one_per_thread_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert ft.resolve_workers("auto", "cpu") == 2 and ft.resolve_workers("auto", "cuda") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert ft.resolve_workers("auto", "cpu") == 4 and ft.resolve_workers(3, "cpu") == 3

@@ -169,3 +169,14 @@ def test_kernels_of_the_runner_know_they_run_in_batch(tmp_path, monkeypatch):
     monkeypatch.delenv("SSL_CT_BATCH", raising=False)
     study.run_study(tmp_path / "out", "smoke", book=False, jobs=1)
     assert (tmp_path / "out" / "batch.txt").read_text() == "True"
+
+
+def test_the_largest_ready_step_starts_first(tmp_path, monkeypatch):
+    import json
+
+    small, large = (_timed_notebook(tmp_path / f"{n}.ipynb", n, 0) for n in ("small", "large"))
+    monkeypatch.setattr(study, "STEPS", (study.Step("small", str(small), cost=1.0),
+                                         study.Step("large", str(large), cost=5.0)))
+    study.run_study(tmp_path / "out", "smoke", book=False, jobs=1)
+    seen = {n: json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in ("small", "large")}
+    assert seen["large"]["end"] <= seen["small"]["start"]  # listed second, started first
