@@ -675,7 +675,15 @@ def resolve_workers(workers: int | str, device: str | torch.device = "cpu") -> i
 _WORKER_DATA: dict[tuple, TaskData] = {}
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
+    """A grid worker: its share of the threads; it dies with the process that started it (a
+    killed kernel or study runner leaves no worker behind, see :func:`ssl_lib.procs.die_with_parent`)."""
+    import signal
+
+    from .procs import die_with_parent
+
+    if parent_pid is not None:
+        die_with_parent(signal.SIGKILL, parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -707,7 +715,7 @@ def _run_parallel(groups: list[list[dict]], output_dir, prof: FinetuneProfile, d
     fork = sys.platform.startswith("linux") and torch.device(device).type != "cuda"
     threads = max(1, torch.get_num_threads() // n_workers)
     with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork" if fork else "spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
+                             initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_grid_group, str(output_dir), prof, str(device), g): g for g in groups}
         pending = set(futures)
         try:

@@ -13,42 +13,76 @@ pre-trainings run two by two. Each step's notebook is executed by its own proces
 kernel gets an even share of the cores through ``OMP_NUM_THREADS``, so two single-threaded
 pre-trainings fill two cores where one two-threaded run leaves part of them idle (Python,
 data and plotting work is single-threaded). The largest steps (``Step.cost``) start first.
+
+The runner never loses the user's work (issue 16):
+
+* **Parameters are checked first** (:func:`check_request`, well under a second, nothing written):
+  step names, ``--jobs``, ``--param`` names (the union of the templates' ``parameters`` cells,
+  with a did-you-mean), data paths that must exist, a writable output folder, and what the
+  profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides).
+* **The output folder is its own** (:class:`ssl_lib.runfolder.RunFolder`): a non-empty folder
+  without its manifest is refused untouched; only paths it claimed are written or deleted; one
+  run at a time holds the folder's lock.
+* **Each step has a fingerprint** in the manifest: its *identity* (profile, parameters with the
+  sources as salted hashes, the upstream steps' identities) and the template's content and
+  upstream fingerprints on top. A finished step with the same fingerprint and complete outputs
+  is skipped (its executed notebook reused); an interrupted or code-changed one reruns on top of
+  its outputs (pre-training resumes from its checkpoint, fine-tuning skips finished runs); a
+  step whose identity changed while its old outputs exist would mix results: the run stops and
+  says what differs, unless ``overwrite`` removes the runner's outputs of those steps and of
+  everything downstream.
+* **Interrupts are clean**: Ctrl-C or SIGTERM stops every child process tree (steps run in
+  sessions of their own; see :mod:`ssl_lib.procs`), removes this run's temporary files and ends
+  with one line that says what finished and how to resume; temporary files of runs that were
+  killed are removed by the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
+from . import procs
 from .paths import StudyPaths
+from .runfolder import RunFolder, StudyError
 from .widgets import BATCH_ENV, NOTE
 
 REPO = Path(__file__).resolve().parent.parent
+__all__ = ["STEPS", "Step", "StudyError", "StudyInterrupted", "run_study", "check_request", "main"]
 
 
 @dataclass(frozen=True)
 class Step:
     """A notebook of the study: ``after`` names the steps whose outputs it reads; ``cost`` is a
-    relative size hint (among steps ready at once, the largest starts first)."""
+    relative size hint (among steps ready at once, the largest starts first); ``outputs`` are the
+    paths under the output folder it writes besides its executed notebook."""
 
     name: str
     notebook: str  # relative to the repository root
     after: tuple[str, ...] = ()
     cost: float = 1.0
+    outputs: tuple[str, ...] = ()
 
     @property
     def template(self) -> Path:
         return REPO / self.notebook
+
+    @property
+    def executed(self) -> str:
+        """The executed notebook, relative to the output folder."""
+        return f"notebooks/{Path(self.notebook).name}"
 
 
 _PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spark")
@@ -56,44 +90,326 @@ _PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spar
 #: The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
 #: Costs: the quick profile's minutes on 2 cores.
 STEPS: tuple[Step, ...] = (
-    Step("preprocess", "notebooks/01_preprocess.ipynb"),
-    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4),
-    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0),
-    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7),
-    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6),
-    Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN),
-    Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",)),  # reuses 06's runs
-    Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",)),
+    Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
+    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4, ("pretrain/byol",)),
+    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0, ("pretrain/swav",)),
+    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7, ("pretrain/mocov2",)),
+    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6, ("pretrain/spark",)),
+    Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN, outputs=("finetune",)),
+    Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
+    Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
     Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
 )
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+#: What the runner writes besides the steps' outputs (claimed like them).
+RUNNER_OUTPUTS = ("timings.csv",)
 
 
-class StudyError(RuntimeError):
-    """A step of the study failed; the message names the step and its executed notebook."""
+@dataclass(frozen=True)
+class Needs:
+    """What a profile needs to be worth starting: a GPU, host memory per step running, a rough time."""
+
+    gpu: bool
+    memory_gb: float
+    time: str
 
 
-def _notebook_parameters(path: Path) -> set[str]:
-    import papermill as pm
+#: Rough needs per profile. quick: the whole study took 14 min on 2 CPU cores (see the reproduce
+#: page); paper: a paper-profile pre-training filled 24 GB of host memory on a CPU-only machine.
+PROFILE_NEEDS = {
+    "smoke": Needs(False, 1.5, "a few minutes on 2 CPU cores"),
+    "quick": Needs(False, 3.0, "about 15 minutes on 2 CPU cores"),
+    "paper": Needs(True, 24.0, "days on one GPU"),
+}
 
-    return set(pm.inspect_notebook(str(path)).keys())
+#: Parameter names (suffixes) whose values are data paths that must exist when given.
+PATH_SUFFIXES = ("_root", "_npz", "_labels", "_csv")
+_RESERVED = {"profile": "--profile", "output_dir": "--output"}
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the study; ``message`` says what finished and how to resume."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.message, self.signum = message, signum
+
+
+# ==============================================================================================
+# Parameters, checked before anything is written
+# ==============================================================================================
+def template_parameters(path: Path) -> dict:
+    """Names assigned in a notebook's ``parameters``-tagged cell (what ``papermill.inspect_notebook``
+    reports) with their default values, read with :mod:`ast` so that checking them takes
+    milliseconds, not papermill's import."""
+    nb = json.loads(Path(path).read_text())
+    names: dict = {}
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            for node in ast.parse(src).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                    if isinstance(node, ast.AnnAssign) and node.value is not None else []
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        try:
+                            names[t.id] = ast.literal_eval(node.value)
+                        except ValueError:
+                            names[t.id] = ast.unparse(node.value)
+    return names
+
+
+def is_path_param(name: str, value) -> bool:
+    """A given data path: a non-empty string named ``*_root|_npz|_labels|_csv`` or ``store``, or holding a slash."""
+    return isinstance(value, str) and value != "" and (
+        name.endswith(PATH_SUFFIXES) or name == "store" or "/" in value or os.sep in value)
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _total_memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_request(output, profile: str, steps: list[str] | None, extra: dict, jobs: int | None,
+                  force: bool = False) -> list[Step]:
+    """Every check that needs no work, before anything is written; returns the chosen steps.
+
+    Raises :class:`StudyError` with one message per problem found: an unknown profile or step, a
+    ``jobs`` below 1, an unknown ``--param`` name (with the closest accepted one), a given data path
+    that does not exist, an output folder that cannot be written or that holds someone else's
+    files, a profile this machine cannot run (unless ``force``).
+    """
+    problems = []
+    if profile not in PROFILE_NEEDS:
+        problems.append(f"unknown profile {profile!r}{_did_you_mean(profile, PROFILE_NEEDS)}; "
+                        f"the profiles are {sorted(PROFILE_NEEDS)}")
+    names = [s.name for s in STEPS]
+    for name in steps or []:
+        if name not in names:
+            problems.append(f"unknown step {name!r}{_did_you_mean(name, names)}; the steps are {names}")
+    if steps is not None and not steps:
+        problems.append(f"--steps names no step; the steps are {names}")
+    if jobs is not None and int(jobs) < 1:
+        problems.append(f"--jobs must be at least 1, got {jobs}")
+    accepted = {n for s in STEPS for n in template_parameters(s.template)}
+    for name, value in extra.items():
+        if name in _RESERVED:
+            problems.append(f"--param {name} is set by {_RESERVED[name]}, not --param")
+        elif name not in accepted:
+            problems.append(f"unknown parameter {name!r}{_did_you_mean(name, accepted)}; no notebook of the study "
+                            f"takes it (they take {sorted(accepted - set(_RESERVED))})")
+        elif is_path_param(name, value) and not Path(value).expanduser().exists():
+            problems.append(f"--param {name}={value}: no such file or folder")
+    folder = RunFolder(output)
+    for check in (folder.check_writable, folder.check_ownable):
+        try:
+            check()
+        except StudyError as err:
+            problems.append(str(err))
+            break
+    if not problems and not force:
+        needs = PROFILE_NEEDS[profile]
+        if needs.gpu and not _has_gpu():
+            problems.append(f"profile {profile!r} needs a GPU (it takes {needs.time} there) and this machine has "
+                            "none; use --profile quick, or --force to start anyway")
+        total = _total_memory_gb()
+        side_by_side = int(jobs) if jobs is not None else 1
+        if total is not None and needs.memory_gb * side_by_side > total:
+            problems.append(f"profile {profile!r} needs about {needs.memory_gb:g} GB of memory per step, "
+                            f"{needs.memory_gb * side_by_side:g} GB for {side_by_side} step(s) side by side, and this "
+                            f"machine has {total:.0f} GB; use fewer --jobs, or --force to start anyway")
+    if problems:
+        raise StudyError("\n".join(problems) if len(problems) == 1 else
+                         "the study was not started:\n  - " + "\n  - ".join(problems))
+    return [s for s in STEPS if steps is None or s.name in steps]
 
 
 def default_jobs() -> int:
     """Steps run side by side by default: 2 on a CPU-only machine with 2+ cores, else 1 (a GPU is not shared)."""
-    import torch
-
-    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
+    return 1 if _has_gpu() or (os.cpu_count() or 1) < 2 else 2
 
 
-def _step_params(step: Step, paths: StudyPaths, profile: str, extra: dict | None) -> dict:
-    params = {"profile": profile, "output_dir": str(paths.root.resolve())}
-    accepted = _notebook_parameters(step.template)
+def _step_params(step: Step, root: Path, profile: str, extra: dict | None) -> dict:
+    params = {"profile": profile, "output_dir": str(root.resolve())}
+    accepted = set(template_parameters(step.template))
     params.update({k: v for k, v in (extra or {}).items() if k in accepted})
     return params
 
 
+# ==============================================================================================
+# Fingerprints, skipping, and what may not be mixed
+# ==============================================================================================
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _shown_params(folder: RunFolder, params: dict) -> dict:
+    """Parameters as the manifest keeps them: data paths as salted fingerprints (never the path)."""
+    return {k: ({"source": folder.fingerprint(str(Path(v).expanduser().resolve()))} if is_path_param(k, v) else v)
+            for k, v in params.items() if k != "output_dir"}
+
+
+_DEFAULT = "(the notebook's default)"
+
+
+def _describe(value) -> str:
+    return "a given path" if isinstance(value, dict) else value if value == _DEFAULT else repr(value)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """``name: old -> new`` for each parameter that differs (paths only as 'a different path')."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _DEFAULT), new.get(key, _DEFAULT)
+        if a == b:
+            continue
+        both_paths = isinstance(a, dict) and isinstance(b, dict)
+        out.append(f"{key}: a different path" if both_paths else f"{key}: {_describe(a)} -> {_describe(b)}")
+    return out
+
+
+@dataclass
+class _Planned:
+    step: Step
+    params: dict
+    shown: dict
+    identity: str
+    fp: str
+    run: bool = True
+    why: str = "new"
+
+
+def _downstream_closure(names: set[str], records: dict) -> set[str]:
+    """``names`` plus every recorded step reading from them or sharing an output with them."""
+    out = set(names)
+    by_name = {s.name: s for s in STEPS}
+    changed = True
+    while changed:
+        changed = False
+        for s in STEPS:
+            if s.name in out or s.name not in records:
+                continue
+            shares = any(set(s.outputs) & set(by_name[n].outputs) for n in out if n in by_name)
+            if shares or any(d in out for d in s.after):
+                out.add(s.name)
+                changed = True
+    return out
+
+
+def plan_steps(folder: RunFolder, profile: str, chosen: list[Step], extra: dict, overwrite: bool,
+               book: bool) -> dict[str, _Planned]:
+    """Fingerprint the chosen steps, refuse (or with ``overwrite`` clear) outputs made with other
+    settings, and decide which steps run and which are skipped. Called under the folder's lock."""
+    records = folder.manifest["steps"]
+    chosen_names = {s.name for s in chosen}
+    identity: dict[str, str | None] = {}
+    fps: dict[str, str | None] = {}
+    plan: dict[str, _Planned] = {}
+    for s in STEPS:
+        rec = records.get(s.name)
+        if s.name not in chosen_names:
+            identity[s.name], fps[s.name] = (rec["identity"], rec["fp"]) if rec else (None, None)
+            continue
+        params = _step_params(s, folder.root, profile, extra)
+        shown = _shown_params(folder, {**template_parameters(s.template), **params})  # defaults included
+        identity[s.name] = _hash(shown, [identity.get(d) for d in s.after])
+        fps[s.name] = _hash(identity[s.name], _file_hash(s.template), [fps.get(d) for d in s.after])
+        plan[s.name] = _Planned(s, params, shown, identity[s.name], fps[s.name])
+
+    # outputs made with other settings
+    reasons: list[str] = []
+    conflicts: set[str] = set()
+    held = folder.manifest.get("profile")
+    if held not in (None, profile) and records:
+        reasons.append(f"it holds the {held!r} profile's study and this run asks for {profile!r}")
+        conflicts |= set(records)
+    for name, p in plan.items():
+        rec = records.get(name)
+        has_outputs = rec is not None and any((folder.root / r).exists() for r in p.step.outputs)
+        if rec and rec["identity"] != p.identity and has_outputs and name not in conflicts:
+            diff = _differences(rec.get("params", {}), p.shown) or ["the steps it reads from were made differently"]
+            reasons.append(f"step {name}: " + "; ".join(diff))
+            conflicts.add(name)
+    remove = _downstream_closure(conflicts, records) if conflicts else set()
+    if conflicts and not overwrite:
+        raise StudyError(
+            f"output folder {folder.root} holds results made with other settings, which this run would mix "
+            f"with its own:\n  - " + "\n  - ".join(reasons) +
+            f"\nStart over in a new folder (another --output), or add --overwrite to delete the study runner's "
+            f"outputs of step(s) {', '.join(s.name for s in STEPS if s.name in remove)} and run them again.")
+
+    # steps read from, but not run now, must be there
+    for p in plan.values():
+        for d in p.step.after:
+            if d in chosen_names:
+                continue
+            rec, up = records.get(d), next(s for s in STEPS if s.name == d)
+            missing = (d in remove or (rec is not None and rec["state"] != "done") or
+                       (rec is None and up.outputs and not any((folder.root / r).exists() for r in up.outputs)))
+            if missing:
+                state = "was interrupted" if rec is not None and rec["state"] != "done" and d not in remove else \
+                    "would be removed" if d in remove else "has not run"
+                raise StudyError(f"step {p.step.name} reads what step {d} writes, and {d} {state}: run it too "
+                                 f"(add it to --steps, or leave --steps out)")
+
+    # nothing the runner did not write may be in the way
+    wanted = [r for p in plan.values() for r in (*p.step.outputs, p.step.executed)]
+    wanted += list(RUNNER_OUTPUTS) + (["book"] if book else [])
+    foreign = folder.foreign(dict.fromkeys(wanted))
+    if foreign:
+        raise StudyError(f"{folder.root} holds {', '.join(foreign)}, which the study runner did not write; move "
+                         "it away or choose another --output (nothing was changed)")
+
+    if remove:
+        for name in [s.name for s in STEPS if s.name in remove]:
+            step = next(s for s in STEPS if s.name == name)
+            for rel in (*step.outputs, step.executed):
+                folder.remove(rel)
+            records.pop(name, None)
+        folder.manifest.pop("book_fp", None)
+        folder.save()
+        print(f"--overwrite: removed the outputs of {', '.join(s.name for s in STEPS if s.name in remove)}",
+              flush=True)
+
+    for name, p in plan.items():  # book order is an order of dependencies
+        rec = records.get(name)
+        upstream_runs = any(plan[d].run for d in p.step.after if d in plan)
+        complete = (rec is not None and rec["state"] == "done" and rec["fp"] == p.fp
+                    and (folder.root / p.step.executed).is_file()
+                    and all((folder.root / r).exists() for r in rec.get("outputs", [])))
+        p.run = upstream_runs or not complete
+        p.why = ("unchanged" if not p.run else "a step it reads from runs" if complete else "new" if rec is None
+                 else "its parameters changed" if rec["identity"] != p.identity else "resuming an unfinished run" if rec["state"] != "done"
+                 else "outputs incomplete" if rec["fp"] == p.fp else "its notebook or an upstream step changed")
+    return plan
+
+
+# ==============================================================================================
+# Running the steps
+# ==============================================================================================
 @dataclass
 class _Running:
     step: Step
@@ -103,34 +419,45 @@ class _Running:
     threads: int | None
 
 
-def _launch(step: Step, paths: StudyPaths, profile: str, extra: dict | None, log_output: bool,
-            threads: int | None) -> _Running:
-    """Start executing ``step``'s notebook in a child process (its kernel limited to ``threads``)."""
-    paths.notebooks.mkdir(parents=True, exist_ok=True)
-    out_nb = paths.notebooks / Path(step.notebook).name
-    fd, error_file = tempfile.mkstemp(prefix=f".{step.name}-", suffix=".json", dir=paths.notebooks)
-    os.close(fd)
+#: The runner's pid, for its step processes' parent-death signal.
+_RUNNER_PID_ENV = "SSL_CT_RUNNER_PID"
+
+
+def _launch(planned: _Planned, folder: RunFolder, log_output: bool, threads: int | None) -> _Running:
+    """Start executing a step's notebook in a child process in a session of its own (its kernel
+    limited to ``threads``); its scratch files (error file, kernels' connection files) go to the
+    folder's scratch folder."""
+    step = planned.step
+    (folder.root / "notebooks").mkdir(parents=True, exist_ok=True)
+    out_nb = folder.root / step.executed
+    folder.tmp.mkdir(parents=True, exist_ok=True)
+    error_file = folder.tmp / f"{step.name}-error.json"
+    error_file.unlink(missing_ok=True)
     env = dict(os.environ)
     # figures must reach the executed notebook: the kernel inherits the environment, and a
     # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env[BATCH_ENV] = "1"  # browsers show a note, not live widgets (see ssl_lib.widgets)
+    folder.system_tmp.mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(folder.system_tmp)  # kernels' connection files: removed by the next run if left
+    env[_RUNNER_PID_ENV] = str(os.getpid())
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "ssl_lib", "_notebook", str(step.template), str(out_nb), error_file,
-           json.dumps(_step_params(step, paths, profile, extra))] + (["--log-output"] if log_output else [])
-    return _Running(step, subprocess.Popen(cmd, env=env, cwd=str(REPO)), Path(error_file), time.perf_counter(),
-                    threads)
+    cmd = [sys.executable, "-m", "ssl_lib", "_notebook", str(step.template), str(out_nb), str(error_file),
+           json.dumps(planned.params)] + (["--log-output"] if log_output else [])
+    # a session of its own: a terminal's Ctrl-C reaches the runner only, which stops the whole tree
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), start_new_session=True)
+    return _Running(step, proc, error_file, time.perf_counter(), threads)
 
 
-def _finish(run: _Running, paths: StudyPaths) -> None:
+def _finish(run: _Running, folder: RunFolder) -> None:
     """Raise :class:`StudyError` if ``run`` (finished) failed; tidy its error file."""
     text = run.error_file.read_text() if run.error_file.is_file() else ""
     run.error_file.unlink(missing_ok=True)
     if run.proc.returncode == 0:
         return
-    out_nb = paths.notebooks / Path(run.step.notebook).name
+    out_nb = folder.root / run.step.executed
     info = json.loads(text) if text.strip() else {}
     if "ename" in info:
         raise StudyError(f"step {run.step.name!r} failed in cell {info.get('exec_count')}: {info['ename']}: "
@@ -140,7 +467,14 @@ def _finish(run: _Running, paths: StudyPaths) -> None:
 
 
 def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, log_output: bool = False) -> int:
-    """Run one notebook with papermill (the child side of :func:`_launch`); 0, or 1 with the error in ``error_file``."""
+    """Run one notebook with papermill (the child side of :func:`_launch`); 0, or 1 with the error in ``error_file``.
+
+    SIGTERM (from the runner, or the parent-death signal when the runner is killed) ends the
+    kernel and everything it started, then this process.
+    """
+    procs.stop_children_on(signal.SIGTERM)
+    if os.environ.get(_RUNNER_PID_ENV):
+        procs.die_with_parent(signal.SIGTERM, int(os.environ[_RUNNER_PID_ENV]))
     import papermill as pm
 
     try:
@@ -156,8 +490,31 @@ def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, 
     return 0
 
 
+def _stop(running: list[_Running]) -> None:
+    """End the running steps' process trees (kernels and their workers included)."""
+    for run in running:
+        procs.stop_tree(run.proc.pid)
+        run.proc.wait()
+        run.error_file.unlink(missing_ok=True)
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise StudyInterrupted(signum=signum)
+
+
 def stage_book(paths: StudyPaths) -> Path:
-    """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root)."""
+    """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root).
+
+    ``<output>/book`` is the runner's own folder: staging refuses a folder it did not create
+    (and an output folder that is not a study's), and empties only that folder.
+    """
+    import pandas as pd
+
+    folder = RunFolder(paths.root)
+    if not folder.is_ours():
+        raise StudyError(f"{paths.root} is not a study output folder (no manifest): nothing to build")
+    folder.load()
+    folder.claim(["book"])
     stage = paths.root / "book"
     if stage.exists():
         for item in stage.iterdir():
@@ -240,90 +597,195 @@ def build_book(paths: StudyPaths) -> Path:
 
 
 def _machine() -> str:
-    import platform
-
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores, {device}"
 
 
+def _write_timings(folder: RunFolder, paths: StudyPaths) -> None:
+    """``timings.csv``: each step's last real run (a skipped step keeps the time of the run that made it)."""
+    import pandas as pd
+
+    records = folder.manifest["steps"]
+    rows = [{"step": s.name, **records[s.name]["timing"]} for s in STEPS
+            if s.name in records and "timing" in records[s.name]]
+    if "book_timing" in folder.manifest:
+        rows.append({"step": "book", **folder.manifest["book_timing"]})
+    pd.DataFrame(rows).to_csv(paths.timings, index=False)  # kept current so the book shows progress
+
+
 def run_study(output: str | os.PathLike, profile: str = "quick", steps: list[str] | None = None,
               extra: dict | None = None, book: bool = True, log_output: bool = False,
-              jobs: int | None = None) -> pd.DataFrame:
-    """Run the study's steps (all, or those named in ``steps``) and build the book; returns timings.
+              jobs: int | None = None, overwrite: bool = False, force: bool = False):
+    """Run the study's steps (all, or those named in ``steps``) and build the book; returns this run's timings.
 
-    ``jobs``: steps run side by side (``None``: :func:`default_jobs`). A step starts once the
-    steps in its ``after`` (among those chosen) are done; a failed step stops the study (steps
-    still running are ended) with a :class:`StudyError` naming it and its executed notebook.
+    Everything is checked first (:func:`check_request`); then, holding the folder's lock,
+    :func:`plan_steps` decides which steps run (``overwrite``: clear outputs made with other
+    settings). ``jobs``: steps run side by side (``None``: :func:`default_jobs`). A step starts
+    once the steps in its ``after`` (among those run) are done; a failed step stops the study
+    (steps still running are ended) with a :class:`StudyError` naming it and its executed
+    notebook; Ctrl-C/SIGTERM ends every child and raises :class:`StudyInterrupted`. The returned
+    table has one row per chosen step (``status``: ``ran`` or ``skipped``) and the book's.
     """
+    import pandas as pd
+
+    extra = dict(extra or {})
+    chosen = check_request(output, profile, steps, extra, jobs, force)
+    needs = PROFILE_NEEDS[profile]
+    folder = RunFolder(output)
     paths = StudyPaths(output)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s in STEPS if steps is None or s.name in steps]
-    unknown = set(steps or []) - {s.name for s in STEPS}
-    if unknown:
-        raise StudyError(f"unknown step(s) {sorted(unknown)}; the steps are {[s.name for s in STEPS]}")
-    jobs = default_jobs() if jobs is None else int(jobs)
-    if jobs < 1:
-        raise StudyError(f"jobs must be at least 1, got {jobs}")
+    with folder.locked(profile):
+        folder.load()
+        if folder.stale:
+            print(f"note: the run of pid {folder.stale.get('pid')} (started {folder.stale.get('started')}) ended "
+                  "without finishing; continuing where it stopped", flush=True)
+        plan = plan_steps(folder, profile, chosen, extra, overwrite, book)
+        cleaned = folder.clean_temp()
+        if cleaned:
+            print(f"removed {cleaned} temporary file(s) left by an interrupted run", flush=True)
+        folder.claim(RUNNER_OUTPUTS + (("book",) if book else ()))
+        folder.manifest["profile"] = profile
+        folder.save()
+        jobs = default_jobs() if jobs is None else int(jobs)
+        machine = _machine()
+        print(f"profile {profile}: {'a GPU, ' if needs.gpu else ''}about {needs.memory_gb:g} GB per step, "
+              f"{needs.time} (this machine: {machine})", flush=True)
+        with _interrupts_raise():
+            rows = _run_steps(folder, paths, plan, profile, jobs, machine, log_output)
+            ran_any = any(r["status"] == "ran" for r in rows)
+            if book:
+                rows.append(_book(folder, paths, plan, machine, ran_any))
+        shutil.rmtree(folder.system_tmp, ignore_errors=True)
+    timings = pd.DataFrame(rows)
+    skipped = [r["step"] for r in rows if r["status"] == "skipped"]
+    if skipped:
+        print(f"skipped (unchanged, outputs complete): {', '.join(skipped)}")
+    ran = [r for r in rows if r["status"] == "ran"]
+    if ran:
+        total = max(r["start_s"] + r["seconds"] for r in ran)
+        print(f"\nstep timings ({jobs} at a time; share = the step's time over the total wall-clock time):")
+        print(f"  {'step':<16} {'start':>6} {'minutes':>8} {'share':>7}")
+        for r in ran:
+            print(f"  {r['step']:<16} {r['start_s'] / 60:6.2f} {r['seconds'] / 60:8.2f} "
+                  f"{100 * r['seconds'] / max(total, 1e-9):6.1f} %")
+        print(f"  {'total (wall)':<16} {'':>6} {total / 60:8.2f}")
+    return timings
+
+
+class _interrupts_raise:
+    """SIGTERM raises :class:`StudyInterrupted` (as Ctrl-C raises KeyboardInterrupt) in the block."""
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():  # also undoes the cleanup's SIG_IGN
+            signal.signal(sig, handler)
+        return False
+
+
+def _run_steps(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], profile: str, jobs: int,
+               machine: str, log_output: bool) -> list[dict]:
+    """Run the planned steps (skipping the unchanged ones); see :func:`run_study`."""
     cpus = os.cpu_count() or 1
-    names = {s.name for s in chosen}
+    records = folder.manifest["steps"]
     rows: list[dict] = []
-    machine = _machine()
+    n = len(plan)
     t0 = time.perf_counter()
-    pending, running, done = list(chosen), [], set()
-    n = len(chosen)
-
-    def save():
-        pd.DataFrame(rows).to_csv(paths.timings, index=False)  # kept current so the book shows progress
-
+    run_id = time.strftime("%Y-%m-%d %H:%M:%S")
+    done = {name for name, p in plan.items() if not p.run}
+    for k, name in enumerate([n_ for n_ in plan if n_ in done], 1):
+        print(f"[{k}/{n}] {name}: unchanged, outputs complete - skipped (executed notebook reused)", flush=True)
+        rows.append({"step": name, "status": "skipped", "start_s": 0.0, "seconds": 0.0, "threads": 0,
+                     "profile": profile, "machine": machine})
+    pending = [p for p in plan.values() if p.run]
+    running: list[_Running] = []
     try:
         while pending or running:
-            ready = [s for s in pending if all(d in done or d not in names for d in s.after)]
-            ready.sort(key=lambda s: -s.cost)
+            ready = [p for p in pending if all(d in done or d not in plan for d in p.step.after)]
+            ready.sort(key=lambda p: -p.step.cost)
             while ready and len(running) < jobs:
-                step = ready.pop(0)
-                pending.remove(step)
+                planned = ready.pop(0)
+                pending.remove(planned)
+                step = planned.step
                 # share the cores among the steps that run (or could run) now; a lone step gets all
                 share = min(jobs, len(running) + 1 + len(ready))
                 threads = max(1, cpus // share) if jobs > 1 else None
-                print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started"
+                folder.claim([*step.outputs, step.executed])
+                records[step.name] = {"identity": planned.identity, "fp": planned.fp, "params": planned.shown,
+                                      "state": "running", "outputs": list(step.outputs)}
+                folder.save()
+                print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started ({planned.why})"
                       + (f" on {threads} thread(s)" if threads else "") + " ...", flush=True)
-                running.append(_launch(step, paths, profile, extra, log_output, threads))
+                running.append(_launch(planned, folder, log_output, threads))
             time.sleep(0.2)
             for run in [r for r in running if r.proc.poll() is not None]:
                 running.remove(run)
-                _finish(run, paths)
+                _finish(run, folder)
                 seconds = time.perf_counter() - run.start
                 done.add(run.step.name)
-                rows.append({"step": run.step.name, "start_s": round(run.start - t0, 1), "seconds": round(seconds, 1),
-                             "threads": run.threads or cpus, "profile": profile, "machine": machine})
-                save()
+                row = {"start_s": round(run.start - t0, 1), "seconds": round(seconds, 1),
+                       "threads": run.threads or cpus, "profile": profile, "machine": machine, "run": run_id}
+                rec = records[run.step.name]
+                rec.update(state="done", timing=row,
+                           outputs=[r for r in run.step.outputs if (folder.root / r).exists()])
+                folder.save()
+                _write_timings(folder, paths)
+                rows.append({"step": run.step.name, "status": "ran", **row})
                 print(f"    {run.step.name} done in {seconds / 60:.1f} min", flush=True)
-    finally:
-        for run in running:  # only after a failure or an interrupt
-            run.proc.terminate()
-            run.proc.wait()
-            run.error_file.unlink(missing_ok=True)
-    if book:
-        print("[book] building HTML ...", flush=True)
-        start = time.perf_counter()
-        rows.append({"step": "book", "start_s": round(start - t0, 1), "seconds": 0.0, "threads": cpus,
-                     "profile": profile, "machine": machine})
-        save()
-        index = build_book(paths)
-        rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
-        save()
-        print(f"[book] done: {index}", flush=True)
-    timings = pd.DataFrame(rows)
-    total = time.perf_counter() - t0
-    print(f"\nstep timings ({jobs} at a time; share = the step's time over the total wall-clock time):")
-    print(f"  {'step':<16} {'start':>6} {'minutes':>8} {'share':>7}")
-    for r in rows:
-        print(f"  {r['step']:<16} {r['start_s'] / 60:6.2f} {r['seconds'] / 60:8.2f} "
-              f"{100 * r['seconds'] / max(total, 1e-9):6.1f} %")
-    print(f"  {'total (wall)':<16} {'':>6} {total / 60:8.2f}")
-    return timings
+    except KeyboardInterrupt as err:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        _stop(running)
+        folder.clean_temp([r for run in running for r in run.step.outputs])
+        finished = [name for name in plan if name in done]
+        stopped = [run.step.name for run in running]
+        signum = getattr(err, "signum", signal.SIGINT)
+        raise StudyInterrupted(
+            f"interrupted ({signal.Signals(signum).name}): {len(finished)} of {n} step(s) finished"
+            + (f" ({', '.join(finished)})" if finished else "")
+            + (f"; stopped {', '.join(stopped)}" if stopped else "")
+            + ". Run the same command again to resume: finished steps are skipped, pre-training continues from "
+              "its last checkpoint and fine-tuning from its last finished run.", signum) from None
+    except BaseException:  # a failed step: the steps beside it are ended
+        _stop(running)
+        raise
+    return rows
+
+
+def _book(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], machine: str, ran_any: bool) -> dict:
+    """Build the book unless nothing it shows changed since the last build; returns its timings row."""
+    records = folder.manifest["steps"]
+    fp = _hash([records[s.name]["fp"] for s in STEPS if s.name in records],
+               _file_hash(*(REPO / f for f in BOOK_FILES)))
+    index = paths.root / "book" / "_build" / "html" / "index.html"
+    profile = folder.manifest["profile"]
+    if not ran_any and folder.manifest.get("book_fp") == fp and index.is_file():
+        print(f"[book] up to date: {index}", flush=True)
+        return {"step": "book", "status": "skipped", "start_s": 0.0, "seconds": 0.0, "threads": 0,
+                "profile": profile, "machine": machine}
+    print("[book] building HTML ...", flush=True)
+    ends = [r["timing"]["start_s"] + r["timing"]["seconds"] for r in records.values() if "timing" in r]
+    row = {"start_s": round(max(ends, default=0.0), 1), "seconds": 0.0, "threads": os.cpu_count() or 1,
+           "profile": profile, "machine": machine}
+    folder.manifest["book_timing"] = row
+    folder.manifest.pop("book_fp", None)
+    folder.save()
+    _write_timings(folder, paths)
+    start = time.perf_counter()
+    index = build_book(paths)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    folder.manifest["book_timing"] = row
+    folder.manifest["book_fp"] = fp
+    folder.save()
+    _write_timings(folder, paths)
+    print(f"[book] done: {index}", flush=True)
+    return {"step": "book", "status": "ran", **row}
 
 
 def _parse_extra(items: list[str]) -> dict:
@@ -333,8 +795,6 @@ def _parse_extra(items: list[str]) -> dict:
             raise SystemExit(f"--param expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
-            import ast
-
             extra[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             extra[key] = value
@@ -345,13 +805,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssl_lib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{study,book,pretrain}")
     p_study = sub.add_parser("study", help="run the study's notebooks and build the book")
-    p_study.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    p_study.add_argument("--profile", default="quick", choices=sorted(PROFILE_NEEDS))
     p_study.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
     p_study.add_argument("--steps", nargs="*", default=None, help=f"run only these steps: {[s.name for s in STEPS]}")
     p_study.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="notebook parameter passed to every step that declares it (e.g. devices=4, lidc_root=/data/LIDC-IDRI)")
     p_study.add_argument("--jobs", type=int, default=None,
                          help="steps run side by side (default: 2 on a CPU-only machine with 2+ cores, else 1)")
+    p_study.add_argument("--overwrite", action="store_true",
+                         help="delete the runner's outputs made with other settings (profile, sources, parameters) "
+                              "and run those steps again")
+    p_study.add_argument("--force", action="store_true", help="start even if the profile needs more than this machine has")
     p_study.add_argument("--no-book", action="store_true", help="skip the book build")
     p_study.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
@@ -379,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "study":
             out = args.output or f"outputs/{args.profile}"
             run_study(out, args.profile, args.steps, _parse_extra(args.param), book=not args.no_book,
-                      log_output=args.log_output, jobs=args.jobs)
+                      log_output=args.log_output, jobs=args.jobs, overwrite=args.overwrite, force=args.force)
         elif args.command == "pretrain":
             from .pretrain import pretrain
 
@@ -389,8 +853,21 @@ def main(argv: list[str] | None = None) -> int:
                               devices=args.devices, num_nodes=args.nodes, num_workers=args.num_workers)
             print(f"{args.method}: {result.epochs_done} epochs, encoders in {result.run_dir / 'encoders'}")
         else:
-            print(build_book(StudyPaths(args.output)))
+            folder = RunFolder(args.output)
+            if not folder.is_ours():
+                raise StudyError(f"{args.output} is not a study output folder (no manifest): nothing to build")
+            with folder.locked("(book build)"):
+                print(build_book(StudyPaths(args.output)))
+    except StudyInterrupted as err:
+        print(err.message or "interrupted; run the same command again to resume", file=sys.stderr)
+        return 128 + int(err.signum)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a folder that became unwritable, a full disk, ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -30,12 +30,12 @@ def tiny_steps(tmp_path, monkeypatch):
 def test_run_study_executes_and_times_steps(tmp_path, tiny_steps, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a headless server: figures must still be kept
     out = tmp_path / "out"
-    timings = study.run_study(out, "smoke", extra={"devices": 2, "not_a_param": 5}, book=False)
+    timings = study.run_study(out, "smoke", extra={"devices": 2}, book=False)
     assert (out / "seen.txt").read_text() == "smoke 2"  # parameters reached the notebook
     executed = nbformat.read(StudyPaths(out).notebooks / "01_good.ipynb", as_version=4)
     assert any("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
     saved = pd.read_csv(StudyPaths(out).timings)
-    assert list(saved["step"]) == ["good"] and list(timings["step"]) == ["good"]
+    assert list(saved["step"]) == ["good"] and list(timings["step"]) == ["good"] and list(timings["status"]) == ["ran"]
     assert (saved["seconds"] > 0).all()
 
 
