@@ -229,9 +229,12 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
         total = _total_memory_gb()
         side_by_side = int(jobs) if jobs is not None else 1
         if total is not None and needs.memory_gb * side_by_side > total:
-            problems.append(f"profile {profile!r} needs about {needs.memory_gb:g} GB of memory per step, "
-                            f"{needs.memory_gb * side_by_side:g} GB for {side_by_side} step(s) side by side, and this "
-                            f"machine has {total:.0f} GB; use fewer --jobs, or --force to start anyway")
+            problems.append(f"profile {profile!r} needs about {needs.memory_gb:g} GB of memory per step"
+                            + (f", {needs.memory_gb * side_by_side:g} GB for {side_by_side} steps side by side,"
+                               if side_by_side > 1 else ",")
+                            + f" and this machine has {total:.1f} GB; "
+                            + ("use fewer --jobs" if side_by_side > 1 else "use a larger machine")
+                            + ", or --force to start anyway")
     if problems:
         raise StudyError("\n".join(problems) if len(problems) == 1 else
                          "the study was not started:\n  - " + "\n  - ".join(problems))

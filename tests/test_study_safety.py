@@ -59,6 +59,8 @@ def test_an_unrelated_folder_is_refused_and_left_untouched(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not empty" in err and "was not made by the study runner" in err and "Traceback" not in err
     assert _snapshot(out) == before and not (out / MARK).exists()
+    assert study.main(["book", "--output", str(out)]) == 1 and "not a study output folder" in capsys.readouterr().err
+    assert _snapshot(out) == before
 
 
 def test_bad_parameters_fail_before_anything_is_written(tmp_path, two_steps, monkeypatch):
@@ -85,7 +87,7 @@ def test_bad_parameters_fail_before_anything_is_written(tmp_path, two_steps, mon
     with pytest.raises(StudyError, match=r"profile 'paper' needs a GPU.*--force"):
         study.run_study(out, "paper", book=False, jobs=1)
     monkeypatch.setattr(study, "_total_memory_gb", lambda: 4.0)
-    with pytest.raises(StudyError, match=r"about 3 GB of memory per step, 6 GB for 2 step\(s\).*4 GB"):
+    with pytest.raises(StudyError, match=r"about 3 GB of memory per step, 6 GB for 2 steps side by side.*4.0 GB; use fewer --jobs"):
         study.run_study(out, "quick", book=False, jobs=2)
     assert not out.exists()
     assert study.check_request(out, "quick", None, {}, 2, force=True)  # --force goes ahead
@@ -190,7 +192,13 @@ def test_rerun_skips_unchanged_steps_and_reruns_what_a_changed_parameter_touches
 def test_a_profile_mix_is_refused_and_overwrite_removes_only_the_runners_outputs(two_steps, capsys):
     out = two_steps
     study.run_study(out, "smoke", book=False)
-    (out / "my_notes.txt").write_text("keep me")  # the user's file in the runner's folder
+    (out / "my_notes.txt").write_text("keep me")  # the user's files in the runner's folder
+    (out / "book").mkdir()
+    (out / "book" / "thesis.md").write_text("mine")
+    with pytest.raises(StudyError, match="holds book, which the study runner did not write"):
+        study.run_study(out, "smoke")  # the book is staged only in a folder of the runner's own
+    (out / "book" / "thesis.md").unlink()
+    (out / "book").rmdir()
     before = _snapshot(out)
     assert study.main(["study", "--profile", "quick", "--steps", "a", "--output", str(out), "--no-book"]) == 1
     err = capsys.readouterr().err
