@@ -314,3 +314,43 @@ def test_sigkill_leaves_no_process_and_the_next_run_cleans_up_and_resumes(interr
     rc, _, left = _interrupt_and_resume(out, driver, signal.SIGKILL)
     assert rc == -signal.SIGKILL
     assert ".epoch_0002.ckpt.tmp-" in " ".join(left) and any(n.startswith("kernel:") for n in left)  # (removed later)
+
+
+def test_sigterm_stops_the_study_like_ctrl_c(tmp_path):
+    nb = tmp_path / "wait.ipynb"
+    write_notebook(nb, [("params", "profile = 'quick'\noutput_dir = 'x'"),
+                        ("code", "import os, time\nfrom pathlib import Path\n"
+                                 "Path(output_dir, f'kernel-{os.getpid()}.pid').touch()\ntime.sleep(300)")])
+    out = tmp_path / "out"
+    driver = (f"import sys\nfrom ssl_lib import study\nstudy.STEPS = (study.Step('wait', {str(nb)!r}),)\n"
+              f"sys.exit(study.main(['study', '--profile', 'smoke', '--output', {str(out)!r}, '--no-book']))")
+    runner = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    _wait_for(lambda: list(out.glob("kernel-*.pid")), "the step to run")
+    tree = psutil.Process(runner.pid).children(recursive=True)
+    assert len(tree) >= 2  # the step's process and its kernel
+    runner.terminate()
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert "interrupted (SIGTERM): 0 of 1 step(s) finished; stopped wait. Run the same command again" in err
+    _wait_for(lambda: all(_gone(p) for p in tree), "every child of the runner to end", 60)
+
+
+def test_grid_workers_die_with_a_killed_parent(tmp_path):
+    """The real fine-tuning pool (its worker initializer) in a process that is then SIGKILLed."""
+    out = tmp_path / "grid_out"
+    out.mkdir()
+    (tmp_path / "hold").write_text("")
+    code = (f"import sys\nfrom ssl_lib import finetune as ft\nimport tests.interrupt_steps as its\n"
+            f"ft._grid_group = its.sleepy_group\n"
+            f"ft._run_parallel([[{{}}], [{{}}]], {str(out)!r}, ft.get_profile('smoke'), 'cpu', 2, lambda j, r: None)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _wait_for(lambda: len(list((out / "grid").glob("worker-*"))) == 2, "two workers")
+        workers = [psutil.Process(int(p.name.split("-")[1])) for p in (out / "grid").glob("worker-*")]
+        parent.kill()
+        parent.wait()
+        _wait_for(lambda: all(_gone(w) for w in workers), "the workers to end", 60)
+    finally:
+        parent.kill()
+        (tmp_path / "hold").unlink()  # lets workers that outlived the test end
