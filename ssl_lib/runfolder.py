@@ -89,9 +89,11 @@ class RunFolder:
         others = sorted(p.name for p in self.root.iterdir() if p.name != MARK)
         if others:
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            older = {"notebooks", "timings.csv"} <= set(others)  # what runners before the manifest left
             raise StudyError(f"output folder {self.root} is not empty ({shown}) and was not made by the study "
                              f"runner (no {MARK}/manifest.json); nothing was changed. Choose a new or empty "
-                             "folder with --output.")
+                             "folder with --output" + (", or delete this one if it is the output of an older "
+                                                       "version of the runner." if older else "."))
 
     # ---- one run at a time ---------------------------------------------------------------------
     @contextmanager
