@@ -164,3 +164,25 @@ def test_slurm_job_array_script(tmp_path, monkeypatch):
     for line in ("--array=0-2%2", "--partition=gpu", "--time=240", "--gpus-per-node=1", "--cpus-per-task=8",
                  "--account=lab"):
         assert f"#SBATCH {line}" in script, line
+
+
+def test_runner_cluster_options_become_notebook_parameters(monkeypatch, tmp_path):
+    from ssl_lib import study
+
+    seen = {}
+    monkeypatch.setattr(study, "run_study", lambda out, profile, steps, extra, **kw: seen.update(extra))
+    assert study.main(["study", "--output", str(tmp_path), "--executor", "slurm", "--partition", "gpu",
+                       "--gpus-per-job", "2", "--time-limit", "90", "--array-parallelism", "16"]) == 0
+    assert seen == {"executor": "slurm", "executor_options": {"partition": "gpu", "gpus_per_job": 2, "time_min": 90,
+                                                              "array_parallelism": 16}}
+    ex = cluster.make_executor(seen["executor"], **seen["executor_options"])
+    assert (ex.partition, ex.gpus_per_job, ex.time_min, ex.array_parallelism) == ("gpu", 2, 90, 16)
+    with pytest.raises(SystemExit, match="--partition needs --executor slurm"):
+        study.main(["study", "--output", str(tmp_path), "--partition", "gpu"])
+    with pytest.raises(SystemExit, match="time_min"):
+        study.main(["study", "--output", str(tmp_path), "--executor", "slurm", "--time-limit", "0"])
+    import papermill as pm
+
+    for nb in ("06_finetune", "07_reduction"):  # the steps that run the grid take both parameters
+        params = pm.inspect_notebook(str(Path(study.REPO) / "notebooks" / f"{nb}.ipynb"))
+        assert params["executor"]["default"] == '"local"' and params["executor_options"]["default"] == "None"
