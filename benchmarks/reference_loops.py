@@ -105,35 +105,14 @@ def resnet_trunk(arch: str) -> nn.Module:
     return nn.Sequential(*list(getattr(torchvision.models, arch)().children())[:-1])
 
 
-class BYOLRef(nn.Module):
-    def __init__(self, cfg):
+class MomentumRef(nn.Module):
+    """Backbone + projection head and their momentum copies (no gradients), as lightly's BYOL and MoCo examples."""
+
+    def __init__(self, arch: str, projection_head: nn.Module):
         super().__init__()
-        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        self.backbone = resnet_trunk(cfg.arch)
-        self.projection_head = BYOLProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim)
-        self.prediction_head = BYOLPredictionHead(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
-
-    def forward(self, x):
-        return self.prediction_head(self.projection_head(self.backbone(x).flatten(start_dim=1)))
-
-    def forward_momentum(self, x):
-        return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
-
-
-class MoCoRef(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        from lightly.models.modules import MoCoProjectionHead
-        from lightly.models.utils import deactivate_requires_grad
-
-        self.backbone = resnet_trunk(cfg.arch)
-        self.projection_head = MoCoProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim)
+        self.backbone, self.projection_head = resnet_trunk(arch), projection_head
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
@@ -144,6 +123,24 @@ class MoCoRef(nn.Module):
 
     def forward_momentum(self, x):
         return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
+
+
+class BYOLRef(MomentumRef):
+    def __init__(self, cfg):
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+
+        super().__init__(cfg.arch, BYOLProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim))
+        self.prediction_head = BYOLPredictionHead(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
+
+    def forward(self, x):
+        return self.prediction_head(super().forward(x))
+
+
+class MoCoRef(MomentumRef):
+    def __init__(self, cfg):
+        from lightly.models.modules import MoCoProjectionHead
+
+        super().__init__(cfg.arch, MoCoProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim))
 
 
 class SwaVRef(nn.Module):
