@@ -61,7 +61,8 @@ class GridExecutor:
 
     ``partition``: SLURM partition (``None``: the cluster's default); ``gpus_per_job``: GPUs
     per job (``--gpus-per-node``); ``cpus_per_job``: CPU cores per job (also the job's torch
-    threads; ``None``: the scheduler's default); ``mem_gb``: memory per job (``None``: the
+    threads; ``None``: the scheduler's default, or on ``submitit-local`` an even share of this
+    machine's cores); ``mem_gb``: memory per job (``None``: the
     default); ``time_min``: time limit per job in minutes; ``array_parallelism``: jobs of the
     array running at once; ``per_job``: ``"run"`` or ``"group"``; ``retries``: resubmissions
     of a job that ended without its results; ``poll_s``: seconds between checks of the jobs;
@@ -140,7 +141,9 @@ class GridExecutor:
         folder = paths.finetune / "jobs" / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         ex = self._submitit(folder)
-        threads = self.cpus_per_job
+        threads = self.cpus_per_job  # local subprocesses share this machine's cores evenly
+        if threads is None and self.kind == "submitit-local":
+            threads = max(1, (os.cpu_count() or 1) // min(self.array_parallelism, len(units)))
         failed: list[tuple[dict, str]] = []
         for attempt in range(self.retries + 1):
             failed = self._run_units(ex, units, str(output_dir), prof, str(device), threads, results, on_done,
