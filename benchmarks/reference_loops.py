@@ -27,6 +27,7 @@ never part of this repository) the official step is timed against ours by
 table says so.
 
     python benchmarks/reference_loops.py --profile quick --device cpu --steps 20
+    python benchmarks/reference_loops.py --profile paper --device cpu --batch 8 --steps 3   # the paper's views
     python benchmarks/reference_loops.py --profile paper --device cuda --steps 20
 """
 
@@ -245,9 +246,14 @@ def alternate(steps: dict[str, Callable], n: int, warmup: int, device: torch.dev
 
 
 def compare_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device,
-                   workers: int | None = None) -> list[dict]:
-    """Rows (ours, lightly reference) of one method: median s/step, img/s, ours / reference."""
-    extra = {"queue_size": min(get_config(method, profile).queue_size, len(store) // 2 - 1)} if method == "mocov2" else {}
+                   workers: int | None = None, batch: int | None = None) -> list[dict]:
+    """Rows (ours, lightly reference) of one method: median s/step, img/s, ours / reference.
+
+    ``batch``: instead of the profile's batch size (e.g. the paper's views on a CPU).
+    """
+    extra = {"batch_size": batch} if batch else {}
+    if method == "mocov2":
+        extra["queue_size"] = min(get_config(method, profile).queue_size, len(store) // 2 - 1)
     ours, _, cfg = pretrain_speed.our_step(method, profile, store, device, total_steps=steps + warmup, **extra)
     cfg = resolve_device_options(cfg, device.type)
     n_workers = cfg.num_workers if workers is None else int(workers)
@@ -287,15 +293,15 @@ def spark_rows(official: str | None, profile: str, steps: int, warmup: int, devi
 
 def run(profile: str = "quick", steps: int = 10, warmup: int = 2, device: str = "cpu",
         methods=REFERENCE_METHODS, workers: int | None = None, spark_official: str | None = None,
-        store: str | None = None) -> pd.DataFrame:
+        store: str | None = None, batch: int | None = None) -> pd.DataFrame:
     dev = torch.device(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
-            cfg = get_config(method, profile)
+            cfg = get_config(method, profile, batch_size=batch)
             st = SliceStore(store) if store else pretrain_speed.synthetic_store(Path(tmp) / method,
                                                                                  cfg.batch_size * 4, cfg.store_size)
-            rows += compare_method(method, profile, st, steps, warmup, dev, workers)
+            rows += compare_method(method, profile, st, steps, warmup, dev, workers, batch)
     rows += spark_rows(spark_official, profile, steps, warmup, device)
     return pd.DataFrame(rows).set_index(["method", "impl"])
 
@@ -312,9 +318,10 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--spark-official", default=None, metavar="PATH",
                     help="local copy of the official SparK pretrain/ folder (times its step against ours)")
     ap.add_argument("--store", default=None, help="a slice store to read (default: a generated one)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size instead of the profile's (BYOL, MoCo, SwAV)")
     args = ap.parse_args(argv)
     table = run(args.profile, args.steps, args.warmup, args.device, args.methods, args.workers, args.spark_official,
-                args.store)
+                args.store, args.batch)
     print(f"SSL step vs reference loop, profile={args.profile}, device={args.device}, "
           f"threads={torch.get_num_threads()}, {args.steps} steps (median)")
     print(table.round(3).to_string())
