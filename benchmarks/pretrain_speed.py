@@ -52,41 +52,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
-    """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
-    cfg = resolve_device_options(get_config(method, profile), device.type)
-    module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=steps + warmup)
+def our_step(method: str, profile: str, store: SliceStore, device: torch.device, total_steps: int = 1000, **overrides):
+    """``(step, module, cfg)``: ``step()`` runs one full pre-training step of ``method`` on the next batch of ``store``.
+
+    The step as Lightning runs it: store loader -> device -> normalise -> augment -> networks,
+    heads, momentum update, queue -> backward -> ``on_after_backward`` -> optimiser and schedule.
+    ``overrides``: config fields (e.g. ``queue_size``).
+    """
+    cfg = resolve_device_options(get_config(method, profile, **overrides), device.type)
+    module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=total_steps, **overrides)
     module.use_device_options(cuda=device.type == "cuda")
     module.to(device).train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    loader = make_loader(store.dataset(), cfg.batch_size, shuffle=True, drop_last=True)
+    loader = make_loader(store.dataset(), cfg.batch_size, shuffle=True, drop_last=True,
+                         num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
 
     def batches():
         while True:
             yield from loader
 
     it = batches()
-    times = []
-    for step in range(warmup + steps):
-        _sync(device)
-        t = time.perf_counter()
+    counter = iter(range(10**9))
+
+    def step() -> torch.Tensor:
         images = next(it)[0]
         with autocast(device, cfg.precision):
-            loss = module.step_loss(module.normalize(images), module.step_generator(step))
+            loss = module.step_loss(module.normalize(images), module.step_generator(next(counter)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         module.on_after_backward()
         opt.step()
         sched.step()
+        return loss.detach()
+
+    step.batches = it
+    return step, module, cfg
+
+
+def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
+    step, module, cfg = our_step(method, profile, store, device, total_steps=steps + warmup)
+    times = []
+    for i in range(warmup + steps):
         _sync(device)
-        if step >= warmup:
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
             times.append(time.perf_counter() - t)
 
     # the same views through a plain backbone: forward + backward + SGD
     with torch.no_grad():
-        shapes = [tuple(v.shape[-2:]) for v in module.views(module.normalize(next(it)[0]))]
-    del module, opt
+        shapes = [tuple(v.shape[-2:]) for v in module.views(module.normalize(next(step.batches)[0]))]
+    del module, step
     net = build_backbone(cfg.arch).to(device).train()
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -734,7 +734,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
              fractions: Sequence[float] | dict | None = None, seeds: Sequence[int] | None = None,
              profile: str | FinetuneProfile = "quick", *, stop_f1: float | None | str = "profile",
              pretrain_epoch: str | int | None = None, device="cpu", workers: int | str = 1,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, executor=None) -> pd.DataFrame:
     """Fine-tune every task x init x fraction x seed (the paper's reduction study), resumably.
 
     Runs whose key (task, init, fraction, seed, fold, profile) is already in the results CSV
@@ -744,7 +744,9 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     the profile's). ``workers``: processes running side by side (``"auto"``:
     :func:`resolve_workers`); each takes all runs of one task and init (of one seed for a
     random init), which share the frozen features, largest first; their rows are appended
-    here as each group finishes. Returns this profile's rows of the results table.
+    here as each group finishes. ``executor``: a :class:`ssl_lib.cluster.GridExecutor` runs the
+    pending runs as cluster jobs instead (``workers`` is then unused). Returns this profile's
+    rows of the results table.
     """
     prof = get_profile(profile)
     tasks = list(tasks or TASKS)
@@ -780,8 +782,9 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
                               if choose == "best" else choose)
         return epochs[(t, i)]
 
-    def on_done(job: dict, row: dict) -> None:
-        append_result(StudyPaths(output_dir).results, row)
+    def on_done(job: dict, row: dict | None = None) -> None:  # row None: merged already (executor)
+        if row is not None:
+            append_result(StudyPaths(output_dir).results, row)
         done_keys.add(job["key"])
         if bar is not None:
             bar.update(1)
@@ -800,6 +803,9 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
         for j in sorted(jobs, key=lambda j: -j["fraction"]):
             groups.setdefault((j["task"], j["init"], j["seed"] if j["init"] == "random" else None), []).append(j)
         ordered = sorted(groups.values(), key=lambda g: -sum(size[j["task"]] * j["fraction"] for j in g))
+        if executor is not None:
+            executor.run(ordered, output_dir, prof, device, on_done)
+            return
         if min(n_workers, len(ordered)) > 1:
             _run_parallel(ordered, output_dir, prof, device, min(n_workers, len(ordered)), on_done)
             return

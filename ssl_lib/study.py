@@ -804,6 +804,26 @@ def _parse_extra(items: list[str]) -> dict:
     return extra
 
 
+def _executor_params(args: argparse.Namespace) -> dict:
+    """The notebooks' ``executor``/``executor_options`` parameters from the runner's cluster options."""
+    given = [(name, attr) for name, attr in (
+        ("partition", "partition"), ("gpus_per_job", "gpus_per_job"), ("cpus_per_job", "cpus_per_job"),
+        ("mem_gb", "mem_gb"), ("time_min", "time_limit"), ("array_parallelism", "array_parallelism"),
+        ("per_job", "per_job")) if getattr(args, attr) is not None]
+    options = {name: getattr(args, attr) for name, attr in given}
+    if args.executor in (None, "local"):
+        if given:
+            raise SystemExit(f"error: --{given[0][1].replace('_', '-')} needs --executor slurm (or submitit-local)")
+        return {"executor": "local"} if args.executor else {}
+    from .cluster import make_executor
+
+    try:
+        make_executor(args.executor, **options)  # bad values fail here, before any step runs
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return {"executor": args.executor, "executor_options": options}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssl_lib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{study,book,pretrain}")
@@ -820,6 +840,18 @@ def main(argv: list[str] | None = None) -> int:
                               "and run those steps again")
     p_study.add_argument("--force", action="store_true", help="start even if the profile needs more than this machine has")
     p_study.add_argument("--no-book", action="store_true", help="skip the book build")
+    grid = p_study.add_argument_group("fine-tuning grid on a cluster (notebooks 06 and 07, see ssl_lib.cluster)")
+    grid.add_argument("--executor", default=None, choices=["local", "slurm", "submitit-local"],
+                      help="local: worker processes of this machine (default); slurm: one SLURM job array per "
+                           "batch of runs (submitit); submitit-local: the same jobs as local subprocesses")
+    grid.add_argument("--partition", default=None, help="SLURM partition of the jobs (default: the cluster's)")
+    grid.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (default 1)")
+    grid.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores per job (default: the cluster's)")
+    grid.add_argument("--mem-gb", type=float, default=None, help="memory per job (default: the cluster's)")
+    grid.add_argument("--time-limit", type=int, default=None, metavar="MINUTES", help="time limit per job (default 240)")
+    grid.add_argument("--array-parallelism", type=int, default=None, help="jobs of an array running at once (default 64)")
+    grid.add_argument("--per-job", default=None, choices=["run", "group"],
+                      help="one fine-tuning run per job (default) or all runs of one task and init")
     p_study.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
     p_book.add_argument("--output", required=True)
@@ -845,8 +877,9 @@ def main(argv: list[str] | None = None) -> int:
             return execute_notebook(args.template, args.out, args.error_file, json.loads(args.params), args.log_output)
         if args.command == "study":
             out = args.output or f"outputs/{args.profile}"
-            run_study(out, args.profile, args.steps, _parse_extra(args.param), book=not args.no_book,
-                      log_output=args.log_output, jobs=args.jobs, overwrite=args.overwrite, force=args.force)
+            run_study(out, args.profile, args.steps, _parse_extra(args.param) | _executor_params(args),
+                      book=not args.no_book, log_output=args.log_output, jobs=args.jobs, overwrite=args.overwrite,
+                      force=args.force)
         elif args.command == "pretrain":
             from .pretrain import pretrain
 

@@ -1,0 +1,311 @@
+"""The fine-tuning grid as independent cluster jobs, through submitit (SLURM job arrays).
+
+At the paper's scale (Wolf et al. 2023: 5 inits x (COVID 4 fractions + OrganSMNIST 6 + brain
+2 x 5 folds) x 5 seeds, about 500 ResNet50 runs at 224 px) the grid is many GPU-hours. With an
+executor, :func:`ssl_lib.finetune.run_grid` hands its pending runs to :class:`GridExecutor`
+instead of its own worker processes:
+
+* every job of a **job array** runs one fine-tuning run (``per_job="run"``, the default) or all
+  runs of one task and init that share the frozen features (``per_job="group"``), on
+  ``gpus_per_job`` GPUs of ``partition`` for at most ``time_min`` minutes, at most
+  ``array_parallelism`` jobs at a time (submitit's ``slurm_array_parallelism``);
+* a job writes its model, curves and predictions as a serial run does, and each finished run
+  one **row file** (``finetune/jobs/rows/<profile>/<task>/<init>/<run>.csv``, written to a
+  temporary name and renamed);
+* the parent is the results table's **one writer**: it merges finished row files into
+  ``finetune/results.csv`` (the whole table rewritten to a temporary file and renamed, so a
+  reader never sees half a table), skipping any run already in it (nothing is merged twice),
+  and deletes a row file once merged;
+* **resumable**: a run already in the table is not handed over at all (``run_grid``); a row
+  file left by a job whose parent had stopped is merged without rerunning; a job that ended
+  without its row file (failed, killed, out of time) is resubmitted ``retries`` times (default
+  once), then reported by :class:`GridJobError` with each run and its job's log file (relative
+  to the study folder), after the runs that did finish are merged; the next call reruns only
+  what is missing. An interrupt of the parent cancels its submitted jobs.
+
+``kind``: ``"slurm"`` (submitit's SLURM executor: ``sbatch --array``) or ``"submitit-local"``
+(submitit's local executor: the same jobs as subprocesses of this machine, in waves of
+``array_parallelism``; what the tests use). ``"local"`` is no executor: ``run_grid``'s worker
+processes (:func:`make_executor` returns ``None``).
+
+    from ssl_lib import cluster, finetune as ft
+    ex = cluster.GridExecutor("slurm", partition="gpu", gpus_per_job=1, time_min=240, array_parallelism=32)
+    ft.run_grid("outputs/paper", profile="paper", device="cuda", executor=ex)
+
+Jobs import ``ssl_lib`` from the submitting process's working directory and environment (SLURM
+exports both by default): start the study from the repository root, or install the package.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from .paths import StudyPaths
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+class GridJobError(RuntimeError):
+    """Grid jobs that ended without their results; the message names each run and its job's log."""
+
+
+@dataclass
+class GridExecutor:
+    """Runs groups of grid runs as submitit jobs (see the module docstring).
+
+    ``partition``: SLURM partition (``None``: the cluster's default); ``gpus_per_job``: GPUs
+    per job (``--gpus-per-node``); ``cpus_per_job``: CPU cores per job (also the job's torch
+    threads; ``None``: the scheduler's default, or on ``submitit-local`` an even share of this
+    machine's cores); ``mem_gb``: memory per job (``None``: the
+    default); ``time_min``: time limit per job in minutes; ``array_parallelism``: jobs of the
+    array running at once; ``per_job``: ``"run"`` or ``"group"``; ``retries``: resubmissions
+    of a job that ended without its results; ``poll_s``: seconds between checks of the jobs;
+    ``slurm_extra``: further ``slurm_*`` parameters of submitit (e.g. ``{"slurm_account": "x"}``).
+    """
+
+    kind: str = "slurm"
+    partition: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int | None = None
+    mem_gb: float | None = None
+    time_min: int = 240
+    array_parallelism: int = 64
+    per_job: str = "run"
+    retries: int = 1
+    poll_s: float | None = None
+    slurm_extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in ("slurm", "submitit-local"):
+            raise ValueError(f"grid executor kind must be 'slurm' or 'submitit-local', got {self.kind!r} "
+                             "('local' runs the grid on this machine's worker processes: pass no executor)")
+        if self.per_job not in ("run", "group"):
+            raise ValueError(f"per_job must be 'run' or 'group', got {self.per_job!r}")
+        for name in ("gpus_per_job", "retries"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+        for name in ("time_min", "array_parallelism"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.cpus_per_job is not None and (not isinstance(self.cpus_per_job, int) or self.cpus_per_job < 1):
+            raise ValueError(f"cpus_per_job must be a positive int or None, got {self.cpus_per_job!r}")
+
+    # ----------------------------------------------------------------- submitit
+    def _submitit(self, folder: Path):
+        import submitit
+
+        if self.kind == "slurm":
+            ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        else:
+            ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
+        params = {"timeout_min": int(self.time_min), "gpus_per_node": int(self.gpus_per_job),
+                  "cpus_per_task": self.cpus_per_job, "mem_gb": self.mem_gb, "name": "ssl-ct-finetune",
+                  "slurm_array_parallelism": int(self.array_parallelism)}
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        params.update(self.slurm_extra)
+        ex.update_parameters(**params)
+        return ex
+
+    def _poll(self) -> float:
+        return self.poll_s if self.poll_s is not None else (30.0 if self.kind == "slurm" else 0.5)
+
+    # ----------------------------------------------------------------- the grid's side
+    def run(self, groups: Sequence[list[dict]], output_dir, prof, device, on_done: Callable[[dict], None]) -> None:
+        """Run the grid's pending ``groups`` (lists of job dicts with ``task``, ``init``, ``fraction``,
+        ``seed``, ``pretrain_epoch`` and ``key``: :data:`ssl_lib.finetune.RUN_KEY`) and merge their rows.
+
+        ``on_done(job)`` is called for each run once its row is in the results table.
+        """
+        paths = StudyPaths(output_dir)
+        results = paths.results
+        todo: list[list[dict]] = []
+        for g in groups:  # rows a previous call's jobs left behind: merge, do not rerun
+            left = [j for j in g if not row_file(output_dir, j).is_file()]
+            ready = [j for j in g if j not in left]
+            if ready:
+                merge_rows(results, [(j, row_file(output_dir, j)) for j in ready])
+                for j in ready:
+                    on_done(j)
+            if left:
+                todo.append(left)
+        units = todo if self.per_job == "group" else [[j] for g in todo for j in g]
+        if not units:
+            return
+        folder = paths.finetune / "jobs" / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        ex = self._submitit(folder)
+        threads = self.cpus_per_job  # local subprocesses share this machine's cores evenly
+        if threads is None and self.kind == "submitit-local":
+            threads = max(1, (os.cpu_count() or 1) // min(self.array_parallelism, len(units)))
+        failed: list[tuple[dict, str]] = []
+        for attempt in range(self.retries + 1):
+            failed = self._run_units(ex, units, str(output_dir), prof, str(device), threads, results, on_done,
+                                     paths.root)
+            if not failed:
+                return
+            again = {id(j) for j, _ in failed}
+            units = [[j for j in u if id(j) in again] for u in units]
+            units = [u for u in units if u]
+        lines = [f"  {j['task']} / {j['init']} / fraction {j['fraction']} / seed {j['seed']}: see {log}"
+                 for j, log in failed]
+        raise GridJobError(f"{len(failed)} fine-tuning run(s) ended without results after {self.retries + 1} "
+                           f"attempt(s); the other runs are in the results table, and the next call reruns only "
+                           f"these:\n" + "\n".join(lines))
+
+    def _run_units(self, ex, units, output_dir: str, prof, device: str, threads, results: Path, on_done,
+                   root: Path) -> list[tuple[dict, str]]:
+        """Submit ``units`` (in waves of ``array_parallelism`` on the local executor), merge rows as jobs end.
+
+        Returns the runs without a row file once their job ended, with the job's log (relative).
+        """
+        waves = [units] if self.kind == "slurm" else [units[i:i + self.array_parallelism]
+                                                      for i in range(0, len(units), self.array_parallelism)]
+        failed: list[tuple[dict, str]] = []
+        for wave in waves:
+            jobs = ex.map_array(run_jobs, [output_dir] * len(wave), [prof] * len(wave), [device] * len(wave),
+                                [_plain(u) for u in wave], [threads] * len(wave))
+            pending = dict(zip(range(len(wave)), jobs))
+            try:
+                while pending:
+                    time.sleep(self._poll())
+                    finished = [i for i, job in pending.items() if job.done()]
+                    ready = []
+                    for i in list(pending):
+                        u = wave[i]
+                        have = [j for j in u if row_file(output_dir, j).is_file()]
+                        if i in finished:
+                            ready += have
+                            missing = [j for j in u if j not in have and not j.get("_merged")]
+                            failed += [(j, _log_of(pending[i], root)) for j in missing]
+                            del pending[i]
+                        else:  # a group job's runs that are already done are merged as they come
+                            ready += [j for j in have if not j.get("_merged")]
+                    ready = [j for j in ready if not j.get("_merged")]
+                    if ready:
+                        merge_rows(results, [(j, row_file(output_dir, j)) for j in ready])
+                        for j in ready:
+                            j["_merged"] = True
+                            on_done(j)
+            except BaseException:
+                for job in pending.values():
+                    job.cancel(check=False)
+                raise
+        return failed
+
+
+def make_executor(kind: str = "local", **options) -> GridExecutor | None:
+    """The grid executor of the runner's ``--executor``: ``None`` for ``"local"`` (worker processes)."""
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r}; choose one of {EXECUTORS}")
+    return None if kind == "local" else GridExecutor(kind, **(options or {}))
+
+
+# --------------------------------------------------------------------- files
+def row_file(output_dir, job: dict) -> Path:
+    """The row file of one run: ``finetune/jobs/rows/<profile>/<task>/<init>/<run>.csv``."""
+    from .finetune import run_name
+
+    task, init, fraction, seed, fold, profile = job["key"]
+    return StudyPaths(output_dir).finetune / "jobs" / "rows" / profile / task / init / (
+        run_name(fraction, seed, fold) + ".csv")
+
+
+def _plain(unit: list[dict]) -> list[dict]:
+    return [{k: v for k, v in j.items() if not k.startswith("_")} for j in unit]
+
+
+def _log_of(job, root: Path) -> str:
+    """The job's stderr log, relative to the study folder (no absolute paths in messages)."""
+    try:
+        path = Path(job.paths.stderr)
+        return str(path.resolve().relative_to(root.resolve()))
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return f"finetune/jobs/logs (job {job.job_id})"
+
+
+def write_row(output_dir, job: dict, row: dict) -> Path:
+    """Write one run's results row to its row file (temporary name, then renamed: never half a file)."""
+    from .finetune import RESULT_COLUMNS
+
+    path = row_file(output_dir, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS} | {k: v for k, v in row.items()
+                                                                    if k not in RESULT_COLUMNS}])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def merge_rows(results: Path, items: Sequence[tuple[dict, Path]]) -> int:
+    """Merge row files into the results CSV in one atomic rewrite; rows whose run is in it already are skipped.
+
+    ``items``: ``(job, row file)`` pairs. The merged row files are deleted afterwards. Returns
+    the number of rows added.
+    """
+    from .finetune import RESULT_COLUMNS, RUN_KEY
+
+    results = Path(results)
+    old = pd.read_csv(results) if results.is_file() and results.stat().st_size > 0 else pd.DataFrame(
+        columns=RESULT_COLUMNS)
+    have = {_key(r) for r in old[RUN_KEY].itertuples(index=False, name=None)} if len(old) else set()
+    new = []
+    for _, path in items:
+        frame = pd.read_csv(path)
+        keep = [_key(r) not in have for r in frame[RUN_KEY].itertuples(index=False, name=None)]
+        frame = frame[keep]
+        have |= {_key(r) for r in frame[RUN_KEY].itertuples(index=False, name=None)}
+        new.append(frame)
+    added = sum(len(f) for f in new)
+    if added:
+        merged = pd.concat([old] + [f for f in new if len(f)], ignore_index=True) if len(old) else pd.concat(
+            [f for f in new if len(f)], ignore_index=True)
+        cols = [c for c in RESULT_COLUMNS if c in merged] + [c for c in merged if c not in RESULT_COLUMNS]
+        results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = results.with_name(f".{results.name}.{os.getpid()}.tmp")
+        merged[cols].to_csv(tmp, index=False)
+        os.replace(tmp, results)
+    for _, path in items:
+        path.unlink(missing_ok=True)
+    return added
+
+
+def _key(values: tuple) -> tuple:
+    """A run key comparable across CSV round trips (fractions as floats, seeds and folds as ints)."""
+    task, init, fraction, seed, fold, profile = values
+    return str(task), str(init), float(fraction), int(seed), int(fold), str(profile)
+
+
+# --------------------------------------------------------------------- the job's side
+def run_jobs(output_dir: str, prof, device: str, jobs: list[dict], threads: int | None = None) -> int:
+    """One array job: run ``jobs`` (one task and init) in order, writing a row file after each; returns the count.
+
+    Runs whose row file exists already (an earlier attempt of this job got that far) are skipped.
+    """
+    import torch
+
+    from .finetune import finetune_run, load_task_data
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    data = {}
+    done = 0
+    for j in jobs:
+        if row_file(output_dir, j).is_file():
+            continue
+        if j["task"] not in data:
+            data.clear()
+            data[j["task"]] = load_task_data(output_dir, j["task"], prof.image_size)
+        row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
+                           pretrain_epoch=j["pretrain_epoch"], data=data[j["task"]], device=device, save=True,
+                           record=False)
+        write_row(output_dir, j, {k: v for k, v in row.items() if not k.startswith("_")})
+        done += 1
+    return done
