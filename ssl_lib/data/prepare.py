@@ -5,12 +5,18 @@ four stores it takes the user's source when one is given (LIDC-IDRI tree, COVID-
 OrganSMNIST ``.npz``, folder of DICOM/PNG slices with a labels CSV) and the built-in synthetic
 counterpart otherwise, and builds the store once: an existing complete store with the same
 settings is reused.
+
+Whether a store is current is decided by its ``meta["signature"]``: the size, the reader options
+and a *fingerprint* of the source, a salted hash of its absolute path (the salt lives in
+``<output>/stores/.fingerprint-salt``), so no source path is ever written to an output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +52,16 @@ def _profile(profile: str) -> DataProfile:
     return PROFILES[profile]
 
 
+def source_fingerprint(source: str | os.PathLike, output_dir: str | os.PathLike) -> str:
+    """Salted SHA-256 (16 hex digits) of a source's absolute path: detects a changed source, reveals no path."""
+    salt_file = StudyPaths(output_dir).root / "stores" / ".fingerprint-salt"
+    if not salt_file.is_file():
+        salt_file.parent.mkdir(parents=True, exist_ok=True)
+        salt_file.write_text(secrets.token_hex(16))
+    salt = salt_file.read_text().strip()
+    return hashlib.sha256(f"{salt}\x00{Path(source).resolve()}".encode("utf-8")).hexdigest()[:16]
+
+
 def prepare_stores(
     output_dir: str | os.PathLike,
     profile: str = "quick",
@@ -60,11 +76,20 @@ def prepare_stores(
     seed: int = 0,
     rebuild: bool = False,
     progress: bool = True,
+    covid_patient: str = "prefix",
+    covid_strict: bool = False,
+    png16: str | None = None,
+    workers: int | str = "auto",
 ) -> dict[str, SliceStore]:
     """Build (or reuse) the four stores under ``StudyPaths(output_dir).store(name)``.
 
     Any source left empty is replaced by the synthetic data set (written once under
     ``output_dir/synthetic``). ``image_size`` overrides the profile's task image size.
+    ``covid_patient``: COVID-CT patient rule (``"prefix"``, ``"name"``); ``covid_strict``: refuse
+    patient keys that cross the official split instead of keeping it (see
+    :mod:`ssl_lib.data.readers.covidct`). ``png16``: mapping of 16-bit grey PNGs
+    (``"bits:N"`` or ``"hu:OFFSET"``; none: such images are an error). ``workers``: processes
+    decoding the LIDC-IDRI DICOM (``"auto"``: one per core for large trees).
     """
     paths = StudyPaths(output_dir)
     prof = _profile(profile)
@@ -80,23 +105,31 @@ def prepare_stores(
     plans = {
         "lidc": dict(kind="lidc", source=lidc_root or synthetic.lidc, size=prof.lidc_size),
         "covid": dict(kind="covid", source=covid_root or synthetic.covid, size=task_size,
-                      masks_root=None if covid_root else synthetic.covid_masks),
+                      masks_root=None if covid_root else synthetic.covid_masks, patient=covid_patient,
+                      conflicts="error" if covid_strict else "keep", png16=png16),
         "organs": dict(kind="medmnist", source=organs_npz or synthetic.organs_npz, size=task_size),
         "brain": dict(kind="folder", source=brain_root or synthetic.brain, size=task_size,
                       labels_csv=brain_labels or synthetic.brain_labels,
                       masks_root=None if brain_root else synthetic.brain_masks,
-                      window=BRAIN_WINDOW, class_names=["no hemorrhage", "hemorrhage"]),
+                      window=BRAIN_WINDOW, class_names=["no hemorrhage", "hemorrhage"], png16=png16),
     }
+    plans["lidc"]["workers"] = workers
     stores = {}
     for name, plan in plans.items():
         out = paths.store(name)
         synthetic_source = plan["source"] is not None and synthetic is not None and str(plan["source"]).startswith(str(synthetic.root))
-        signature = {"source": str(plan["source"]), "size": plan["size"], "synthetic": synthetic_source}
+        options = {k: v for k, v in plan.items() if k not in ("kind", "source", "size", "workers") and v is not None}
+        signature = {"source": source_fingerprint(plan["source"], output_dir), "size": plan["size"],
+                     "synthetic": synthetic_source,
+                     "options": {k: (source_fingerprint(v, output_dir) if k.endswith(("_root", "_csv")) else v)
+                                 for k, v in sorted(options.items())}}
+        signature = json.loads(json.dumps(signature))  # as meta.json keeps it (tuples become lists)
         meta_file = out / "meta.json"
         if not rebuild and meta_file.exists() and json.loads(meta_file.read_text()).get("signature") == signature:
             stores[name] = SliceStore(out)
             continue
-        options = {k: v for k, v in plan.items() if k not in ("kind", "source", "size") and v is not None}
+        if "workers" in plan:
+            options["workers"] = plan["workers"]
         stores[name] = build_store(plan["kind"], plan["source"], out, size=plan["size"], skip_bad=skip_bad,
                                    split_seed=seed, progress=progress, overwrite=True,
                                    extra_meta={"synthetic": synthetic_source, "signature": signature}, **options)

@@ -9,8 +9,10 @@ A store is a folder::
                     counts per split and class, reader options, what was skipped
     skipped.csv     files the reader skipped (only with an explicit skip option), and why
 
-A store is complete or absent: it is written into a temporary sibling folder and renamed into
-place at the end. No DICOM identifier (name, ID, dates, UIDs) is written: readers hand raw patient
+A store is complete or absent: it is written into a temporary sibling folder
+``.<name>.tmp-<host>-<pid>-<random>`` and renamed into place at the end; a build first removes
+such folders of the same store left by earlier builds that were killed (same host, process gone,
+:func:`remove_stale_temp`). No DICOM identifier (name, ID, dates, UIDs) is written: readers hand raw patient
 identifiers to :func:`write_store`, which keeps only a salted one-way hash of them.
 """
 
@@ -150,6 +152,53 @@ def patient_split(
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _temp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def remove_stale_temp(out: str | os.PathLike) -> list[str]:
+    """Remove ``.<name>.tmp-<host>-<pid>-*`` folders of store ``out`` whose build process is gone.
+
+    Only folders written on this host by a process that no longer runs are removed (a build
+    still running, or one on another host sharing the disk, keeps its folder); returns their names.
+    """
+    import socket
+
+    out = Path(out)
+    host = socket.gethostname().replace("-", "_")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    prefix = _temp_prefix(out)
+    for entry in out.parent.iterdir():
+        if not (entry.name.startswith(prefix) and entry.is_dir()):
+            continue
+        parts = entry.name[len(prefix):].split("-")
+        if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if not _pid_alive(int(parts[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _make_temp(out: Path) -> Path:
+    import socket
+
+    host = socket.gethostname().replace("-", "_")
+    return Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out)}{host}-{os.getpid()}-", dir=out.parent))
+
+
 def write_store(
     records: Iterable[SliceRecord],
     out: str | os.PathLike,
@@ -166,6 +215,7 @@ def write_store(
     extra_meta: dict | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    total: int | None = None,
 ) -> "SliceStore":
     """Stream ``records`` into a new store folder ``out`` (complete or absent) and open it.
 
@@ -173,7 +223,8 @@ def write_store(
     (:func:`patient_split`); given splits are kept, but a patient found in two splits is an
     error. ``salt`` keys the patient hash (random, and not stored, when ``None``; pass the same
     salt to link patients across stores). ``extra_meta`` is merged into ``meta.json`` (written
-    with the store, so it is as complete as the store).
+    with the store, so it is as complete as the store). ``total``: expected slice count for the
+    progress bar.
     """
     out = Path(out)
     if out.exists():
@@ -181,22 +232,22 @@ def write_store(
             raise StoreError(f"{out}: a store already exists here (pass overwrite=True to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     salt = secrets.token_hex(16) if salt is None else salt
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temp(out)
+    tmp = _make_temp(out)
     try:
         images = _NpyStream(tmp / "images.npy", (size, size))
         masks: _NpyStream | None = None
         rows: list[tuple] = []
         raw_patients: list[str] = []
-        total = np.zeros(2, dtype=np.float64)
-        for i, rec in enumerate(_with_progress(records, progress, name)):
+        hist = np.zeros(256, dtype=np.int64)  # grey-value histogram: exact, order-free mean/std
+        for i, rec in enumerate(_with_progress(records, progress, name, total)):
             if rec.pixels.dtype != np.uint8 or rec.pixels.ndim != 2:
                 raise StoreError(f"{rec.source}: reader produced {rec.pixels.dtype} {rec.pixels.shape}, expected uint8 (H, W)")
             if rec.split not in ("",) + SPLITS:
                 raise StoreError(f"{rec.source}: unknown split {rec.split!r}")
             img = resize_slice(rec.pixels, size)
             images.append(img)
-            f = img.astype(np.float64) / 255.0
-            total += (f.sum(), np.square(f).sum())
+            hist += np.bincount(img.ravel(), minlength=256)
             if rec.mask is not None and masks is None:
                 masks = _NpyStream(tmp / "masks.npy", (size, size))
                 for _ in range(i):  # earlier slices had no mask: empty
@@ -215,9 +266,10 @@ def write_store(
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         manifest = _assign_splits(manifest, raw_patients, split_fractions, split_seed, task)
         manifest.to_csv(tmp / "manifest.csv", index=False)
-        n_pix = len(rows) * size * size
-        mean = total[0] / n_pix
-        std = float(np.sqrt(max(total[1] / n_pix - mean**2, 1e-12)))
+        values = np.arange(256, dtype=np.float64) / 255.0
+        n_pix = float(hist.sum())
+        mean = float(hist @ values) / n_pix
+        std = float(np.sqrt(max(float(hist @ np.square(values)) / n_pix - mean**2, 1e-12)))
         meta = {
             "name": name,
             "task": task,
@@ -245,13 +297,14 @@ def write_store(
     return SliceStore(out)
 
 
-def _with_progress(records: Iterable[SliceRecord], progress: bool, name: str) -> Iterator[SliceRecord]:
+def _with_progress(records: Iterable[SliceRecord], progress: bool, name: str,
+                   total: int | None = None) -> Iterator[SliceRecord]:
     if not progress:
         yield from records
         return
     from tqdm.auto import tqdm
 
-    yield from tqdm(records, desc=f"store {name}", unit="slice")
+    yield from tqdm(records, desc=f"store {name}", unit="slice", total=total)
 
 
 def _assign_splits(manifest: pd.DataFrame, raw_patients: list[str], fractions, seed, task) -> pd.DataFrame:
@@ -260,10 +313,14 @@ def _assign_splits(manifest: pd.DataFrame, raw_patients: list[str], fractions, s
         per_patient = manifest.loc[given].groupby("patient")["split"].nunique()
         crossing = per_patient[per_patient > 1]
         if len(crossing):
+            lines = []
+            for key in crossing.index:
+                rows = manifest.loc[given & (manifest["patient"] == key)]
+                lines.append(f"  patient {key}: " + "; ".join(
+                    f"{split}: {', '.join(group['source'])}" for split, group in rows.groupby("split", sort=False)))
             raise StoreError(
-                f"{len(crossing)} patient(s) appear in more than one of the given splits; "
-                "a patient must never cross train/val/test"
-            )
+                f"{len(crossing)} patient(s) appear in more than one of the given splits; a patient must never "
+                "cross train/val/test. The slices involved (patient key: split: source):\n" + "\n".join(lines))
     todo = ~given
     if todo.any():
         raw = np.asarray(raw_patients, dtype=object)

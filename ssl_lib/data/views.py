@@ -26,6 +26,18 @@ def store_summary(stores: dict[str, SliceStore]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("store")
 
 
+def split_conflicts(store: SliceStore) -> pd.DataFrame:
+    """Files whose patient key the patient rule put into more than one given split (COVID-CT).
+
+    One row per file: the key, the split the official split file gives it, the file name (COVID-CT
+    names are figure ids, not people). Empty when there are none. The store keeps the official
+    split; see :mod:`ssl_lib.data.readers.covidct`.
+    """
+    rows = [{"key": c["key"], "split": split, "file": name}
+            for c in store.meta.get("reader", {}).get("conflicts", []) for split, name in c["files"]]
+    return pd.DataFrame(rows, columns=["key", "split", "file"])
+
+
 def class_counts(stores: dict[str, SliceStore]) -> pd.DataFrame:
     """Slices per store, split and class (labelled stores only)."""
     frames = []
