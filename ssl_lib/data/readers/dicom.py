@@ -142,6 +142,24 @@ def transfer_syntax(ds):
     return getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
 
 
+#: pydicom's pixel-data plugins this project pins (import name -> distribution).
+PIXEL_PLUGINS = {"pylibjpeg": "pylibjpeg", "libjpeg": "pylibjpeg-libjpeg", "openjpeg": "pylibjpeg-openjpeg",
+                 "rle": "pylibjpeg-rle"}
+
+
+def pixel_plugins() -> dict[str, str | None]:
+    """Version of each pinned pixel-data plugin that imports here (``None``: missing); kept in store meta."""
+    import importlib
+
+    out = {}
+    for module, dist in PIXEL_PLUGINS.items():
+        try:
+            out[dist] = str(getattr(importlib.import_module(module), "__version__", "installed"))
+        except ImportError:
+            out[dist] = None
+    return out
+
+
 def decoder_help(uid) -> str:
     """What would decode pixel data of transfer syntax ``uid`` here (installed plugins or what to install)."""
     import pydicom

@@ -42,7 +42,8 @@ from typing import Iterator
 
 from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers import BadSource, SourceReader
-from ssl_lib.data.readers.dicom import Frame, decode_frame_uint8, frames_of, modality, patient_id, read_dicom, sort_frames
+from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
+                                        read_dicom, sort_frames)
 from ssl_lib.data.store import SliceRecord, StoreError
 from ssl_lib.data.workers import OrderedPool, resolve_workers
 
@@ -97,7 +98,8 @@ class LidcReader(SourceReader):
         self.hu_range = (float(hu_range[0]), float(hu_range[1]))
         resolve_workers(workers)  # a bad value fails here, before anything is read
         self.workers = workers
-        self.options = {"min_series_images": self.min_series_images, "hu_range": list(self.hu_range)}
+        self.options = {"min_series_images": self.min_series_images, "hu_range": list(self.hu_range),
+                        "pixel_plugins": pixel_plugins()}
         self.counts.update(patients=0, series=0, series_read=0, skipped_series_small=0, skipped_series_non_ct=0,
                            skipped_series_unreadable=0, multi_frame_files=0)
         self._series: list[tuple[str, Path, list[Path]]] | None = None
