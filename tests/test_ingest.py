@@ -104,3 +104,19 @@ def test_resolve_workers():
     for bad in (0, "many", -2):
         with pytest.raises(ValueError, match="workers must be 'auto' or a positive integer"):
             resolve_workers(bad)
+
+
+def test_lookup_table_mapping_is_the_float_formula_exactly():
+    from ssl_lib.data.intensity import to_hu
+    from ssl_lib.data.readers.dicom import hu_to_uint8, stored_to_uint8
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.int16, np.uint16, np.uint8):
+        info = np.iinfo(dtype)
+        stored = rng.integers(info.min, info.max, (64, 64), endpoint=True).astype(dtype)
+        for slope, intercept, window in ((1.0, -1024.0, None), (0.5, -1000.0, None), (2.5, -3.0, (35, 80)),
+                                         (1.0, -1024.0, (40, 400))):
+            want = hu_to_uint8(to_hu(stored, slope, intercept), window=window)
+            np.testing.assert_array_equal(stored_to_uint8(stored, slope, intercept, window=window), want)
+    floats = rng.normal(0, 500, (8, 8)).astype(np.float32)  # other dtypes take the float path
+    np.testing.assert_array_equal(stored_to_uint8(floats, 1.0, 0.0), hu_to_uint8(to_hu(floats, 1.0, 0.0)))

@@ -47,6 +47,8 @@ covid_patient = "prefix"       # COVID-CT patient rule: prefix (name before '%')
 covid_strict = False           # True: refuse patient keys that cross the official split (names every file)
 png16 = ""                     # 16-bit grey PNGs: "bits:12" (0..4095 -> 0..255) | "hu:1024" (HU = v - 1024); empty: error
 workers = "auto"               # processes decoding DICOM: "auto" (one per core for large trees) or a number
+tasks = ""                     # labelled tasks as JSON; empty: the paper's covid, organs, brain. A user task:
+# '["covid", {"name": "liver", "reader": "folder", "source": "/data/liver", "class_names": ["no lesion", "lesion"]}]'
 seed = 0
 """),
 ("code", """
@@ -59,7 +61,7 @@ stores = prepare_stores(output_dir, profile, lidc_root=lidc_root or None, covid_
                         organs_npz=organs_npz or None, brain_root=brain_root or None,
                         brain_labels=brain_labels or None, image_size=image_size or None,
                         skip_bad=skip_bad, seed=seed, progress=False, covid_patient=covid_patient,
-                        covid_strict=covid_strict, png16=png16 or None, workers=workers)
+                        covid_strict=covid_strict, png16=png16 or None, workers=workers, tasks=tasks or None)
 views.store_summary(stores)
 """),
 ("md", """## COVID-CT: the official split and the patient rule

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..paths import StudyPaths
@@ -80,6 +80,7 @@ def prepare_stores(
     covid_strict: bool = False,
     png16: str | None = None,
     workers: int | str = "auto",
+    tasks=None,
 ) -> dict[str, SliceStore]:
     """Build (or reuse) the four stores under ``StudyPaths(output_dir).store(name)``.
 
@@ -89,21 +90,30 @@ def prepare_stores(
     patient keys that cross the official split instead of keeping it (see
     :mod:`ssl_lib.data.readers.covidct`). ``png16``: mapping of 16-bit grey PNGs
     (``"bits:N"`` or ``"hu:OFFSET"``; none: such images are an error). ``workers``: processes
-    decoding the LIDC-IDRI DICOM (``"auto"``: one per core for large trees).
+    decoding the LIDC-IDRI DICOM (``"auto"``: one per core for large trees). ``tasks``: the
+    study's labelled tasks (:func:`ssl_lib.tasks.parse_tasks`; default the paper's three): a store
+    per task, the task list written to ``<output>/tasks.json``. Returns ``{"lidc", <task>...}``.
     """
+    from ..tasks import TASKS, register, save_study_tasks, parse_tasks
+
+    specs = parse_tasks(tasks)
+    given = {s.name: s.source for s in specs if s.name in TASKS and s.source}
+    covid_root = given.get("covid", covid_root)
+    brain_root = given.get("brain", brain_root)
+    organs_npz = given.get("organs", organs_npz)
     paths = StudyPaths(output_dir)
     prof = _profile(profile)
     task_size = image_size or prof.task_size
     synthetic = None
-    if not all([lidc_root, covid_root, organs_npz, brain_root]):
+    wanted = {"covid": covid_root, "organs": organs_npz, "brain": brain_root}
+    if not lidc_root or any(not src for name, src in wanted.items() if any(s.name == name for s in specs)):
         from .synthetic import make_synthetic
 
         synthetic = make_synthetic(paths.synthetic, profile=prof.synthetic, seed=seed, progress=progress)
     if brain_root and not brain_labels:
         brain_labels = str(Path(brain_root) / "labels.csv")
 
-    plans = {
-        "lidc": dict(kind="lidc", source=lidc_root or synthetic.lidc, size=prof.lidc_size),
+    paper_plans = {
         "covid": dict(kind="covid", source=covid_root or synthetic.covid, size=task_size,
                       masks_root=None if covid_root else synthetic.covid_masks, patient=covid_patient,
                       conflicts="error" if covid_strict else "keep", png16=png16),
@@ -112,8 +122,18 @@ def prepare_stores(
                       labels_csv=brain_labels or synthetic.brain_labels,
                       masks_root=None if brain_root else synthetic.brain_masks,
                       window=BRAIN_WINDOW, class_names=["no hemorrhage", "hemorrhage"], png16=png16),
-    }
-    plans["lidc"]["workers"] = workers
+    } if synthetic is not None else {}
+    plans = {"lidc": dict(kind="lidc", source=lidc_root or synthetic.lidc, size=prof.lidc_size, workers=workers)}
+    for spec in specs:
+        if spec.name in TASKS:
+            plans[spec.name] = paper_plans[spec.name] if spec.name in paper_plans else _paper_plan(
+                spec.name, covid_root, organs_npz, brain_root, brain_labels, task_size, covid_patient, covid_strict, png16)
+        else:
+            options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.options.items()}
+            if spec.reader == "folder":
+                options.setdefault("window", None)  # a user's folder: the interval mapping unless a window is given
+            plans[spec.name] = dict(kind=spec.reader, source=spec.source, size=task_size,
+                                    class_names=list(spec.class_names) or None, **options)
     stores = {}
     for name, plan in plans.items():
         out = paths.store(name)
@@ -133,4 +153,24 @@ def prepare_stores(
         stores[name] = build_store(plan["kind"], plan["source"], out, size=plan["size"], skip_bad=skip_bad,
                                    split_seed=seed, progress=progress, overwrite=True,
                                    extra_meta={"synthetic": synthetic_source, "signature": signature}, **options)
+    resolved = []
+    for spec in specs:  # user tasks take their kind and class names from their store
+        if spec.name not in TASKS:
+            meta = stores[spec.name].meta
+            spec = register(replace(spec, kind=meta["task"], class_names=tuple(meta["class_names"]),
+                                    positive_class=spec.positive_class if meta["task"] == "binary" else None))
+        resolved.append(spec)
+    save_study_tasks(output_dir, resolved)
     return stores
+
+
+def _paper_plan(name, covid_root, organs_npz, brain_root, brain_labels, task_size, covid_patient, covid_strict,
+                png16) -> dict:
+    """The store plan of a paper task whose source the user gave (no synthetic data needed)."""
+    if name == "covid":
+        return dict(kind="covid", source=covid_root, size=task_size, patient=covid_patient,
+                    conflicts="error" if covid_strict else "keep", png16=png16)
+    if name == "organs":
+        return dict(kind="medmnist", source=organs_npz, size=task_size)
+    return dict(kind="folder", source=brain_root, size=task_size, labels_csv=brain_labels, window=BRAIN_WINDOW,
+                class_names=["no hemorrhage", "hemorrhage"], png16=png16)

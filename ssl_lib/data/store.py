@@ -52,7 +52,9 @@ class SliceRecord:
     ``label``: class index, ``-1`` for unlabeled slices. ``split``: one of :data:`SPLITS`, or
     ``""`` to let the writer split by patient. ``source``: a non-identifying description of where
     the slice came from (relative file name for PNG/npz sources, a hash for DICOM).
-    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside).
+    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside). ``histogram``: optional
+    grey-value counts (256 int64) of ``pixels`` when a worker process computed them already
+    (:func:`grey_histogram`; only used when ``pixels`` is at the store's size).
     """
 
     pixels: np.ndarray
@@ -61,6 +63,12 @@ class SliceRecord:
     split: str = ""
     source: str = ""
     mask: np.ndarray | None = None
+    histogram: np.ndarray | None = None
+
+
+def grey_histogram(pixels: np.ndarray) -> np.ndarray:
+    """Counts of each grey value 0..255 of a uint8 image (int64 ``(256,)``): exact dataset mean/std in any order."""
+    return np.bincount(np.asarray(pixels).ravel(), minlength=256).astype(np.int64, copy=False)
 
 
 @dataclass
@@ -99,7 +107,7 @@ class _NpyStream:
 
     def append(self, arr: np.ndarray) -> None:
         assert arr.dtype == np.uint8 and arr.shape == self.hw
-        self.fh.write(np.ascontiguousarray(arr).tobytes())
+        self.fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
         self.n += 1
 
     def close(self) -> None:
@@ -247,7 +255,8 @@ def write_store(
                 raise StoreError(f"{rec.source}: unknown split {rec.split!r}")
             img = resize_slice(rec.pixels, size)
             images.append(img)
-            hist += np.bincount(img.ravel(), minlength=256)
+            hist += (rec.histogram if rec.histogram is not None and rec.pixels.shape == (size, size)
+                     else grey_histogram(img))
             if rec.mask is not None and masks is None:
                 masks = _NpyStream(tmp / "masks.npy", (size, size))
                 for _ in range(i):  # earlier slices had no mask: empty

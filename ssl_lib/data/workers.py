@@ -9,8 +9,9 @@ calling process (no start-up cost, exceptions keep their chained causes).
 
 A :class:`~ssl_lib.data.store.StoreError` raised by a call is *returned* as the result (the
 reader decides whether to stop or skip the file); any other exception propagates.
-Workers start from a ``forkserver`` that has imported the decoding modules once, each limited
-to one thread (the parallelism is across processes).
+Workers are forked from the calling process where the platform can (Linux; no start-up import
+cost, as PyTorch's DataLoader workers), else started from a ``forkserver`` that has imported the
+decoding modules once; each is limited to one thread (the parallelism is across processes).
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ class OrderedPool:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(list(preload))
+            if "fork" in mp.get_all_start_methods():
+                ctx = mp.get_context("fork")
+            else:  # pragma: no cover - macOS/Windows
+                ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+                if ctx.get_start_method() == "forkserver":
+                    ctx.set_forkserver_preload(list(preload))
             self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
 
     def imap(self, fn: Callable, args: Iterable[tuple], window: int | None = None) -> Iterator:

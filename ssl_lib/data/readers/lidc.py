@@ -44,7 +44,7 @@ from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers import BadSource, SourceReader
 from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
                                         read_dicom, sort_frames)
-from ssl_lib.data.store import SliceRecord, StoreError
+from ssl_lib.data.store import SliceRecord, StoreError, grey_histogram, resize_slice
 from ssl_lib.data.workers import OrderedPool, resolve_workers
 
 #: The authors' threshold: series with at most this many images are not CT volumes.
@@ -64,13 +64,26 @@ def scan_header(path: str) -> tuple[str, str | None, list[Frame] | BadSource]:
 
 
 def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: int | None):
-    """Worker job: one slice -> uint8 ``(H, W)`` after the HU interval mapping, resized to ``size``."""
+    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its histogram)``."""
     pixels = decode_frame_uint8(path, frame, hu_range=hu_range)
     if size is not None:
-        from ssl_lib.data.store import resize_slice
-
         pixels = resize_slice(pixels, size)
-    return pixels
+    return pixels, grey_histogram(pixels)
+
+
+#: Slices per worker job: enough to amortise the per-job cost of the process pool.
+CHUNK = 16
+
+
+def decode_slices(items: list[tuple[str, Frame]], hu_range: tuple[float, float], size: int | None) -> list:
+    """Worker job: :func:`decode_slice` of several slices; a bad one becomes its :class:`BadSource` in the list."""
+    out = []
+    for path, frame in items:
+        try:
+            out.append(decode_slice(path, frame, hu_range, size))
+        except BadSource as err:
+            out.append(err)
+    return out
 
 
 class LidcReader(SourceReader):
@@ -167,12 +180,17 @@ class LidcReader(SourceReader):
         patient = headers[0][3] or patient_folder
         self.count("series_read")
         ordered = sort_frames(usable)
-        jobs = ((path, frame, self.hu_range, self.target_size) for (_, path), frame in ordered)
-        for number, (((i, _), _), pixels) in enumerate(zip(ordered, pool.imap(decode_slice, jobs))):
-            if isinstance(pixels, BadSource):
-                self.bad(pixels, safe_name(i))
+        size_known = self.target_size is not None
+        items = [(path, frame) for (_, path), frame in ordered]
+        jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size) for k in range(0, len(items), CHUNK))
+        results = (r for chunk in pool.imap(decode_slices, jobs) for r in chunk)
+        for number, (((i, _), _), result) in enumerate(zip(ordered, results)):
+            if isinstance(result, BadSource):
+                self.bad(result, safe_name(i))
                 continue
-            yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}")
+            pixels, histogram = result
+            yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}",
+                              histogram=histogram if size_known else None)
 
 
 def _scan_files(paths: list[str]) -> list:
