@@ -52,9 +52,9 @@ class SliceRecord:
     ``label``: class index, ``-1`` for unlabeled slices. ``split``: one of :data:`SPLITS`, or
     ``""`` to let the writer split by patient. ``source``: a non-identifying description of where
     the slice came from (relative file name for PNG/npz sources, a hash for DICOM).
-    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside). ``histogram``: optional
-    grey-value counts (256 int64) of ``pixels`` when a worker process computed them already
-    (:func:`grey_histogram`; only used when ``pixels`` is at the store's size).
+    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside). ``sums``: optional
+    ``(sum, sum of squares)`` of the grey values when a worker process computed them already
+    (:func:`grey_sums`; only used when ``pixels`` is at the store's size).
     """
 
     pixels: np.ndarray
@@ -63,12 +63,14 @@ class SliceRecord:
     split: str = ""
     source: str = ""
     mask: np.ndarray | None = None
-    histogram: np.ndarray | None = None
+    sums: tuple[int, int] | None = None
 
 
-def grey_histogram(pixels: np.ndarray) -> np.ndarray:
-    """Counts of each grey value 0..255 of a uint8 image (int64 ``(256,)``): exact dataset mean/std in any order."""
-    return np.bincount(np.asarray(pixels).ravel(), minlength=256).astype(np.int64, copy=False)
+def grey_sums(pixels: np.ndarray) -> tuple[int, int]:
+    """``(sum, sum of squares)`` of a uint8 image's grey values, exact integers (float64 holds them
+    exactly, so the BLAS dot product is exact in any summation order): the dataset mean/std."""
+    f = np.asarray(pixels).ravel().astype(np.float64)
+    return int(f.sum()), int(f @ f)
 
 
 @dataclass
@@ -247,7 +249,7 @@ def write_store(
         masks: _NpyStream | None = None
         rows: list[tuple] = []
         raw_patients: list[str] = []
-        hist = np.zeros(256, dtype=np.int64)  # grey-value histogram: exact, order-free mean/std
+        s1 = s2 = 0  # exact integer sums of grey values and their squares: mean/std independent of order
         for i, rec in enumerate(_with_progress(records, progress, name, total)):
             if rec.pixels.dtype != np.uint8 or rec.pixels.ndim != 2:
                 raise StoreError(f"{rec.source}: reader produced {rec.pixels.dtype} {rec.pixels.shape}, expected uint8 (H, W)")
@@ -255,8 +257,8 @@ def write_store(
                 raise StoreError(f"{rec.source}: unknown split {rec.split!r}")
             img = resize_slice(rec.pixels, size)
             images.append(img)
-            hist += (rec.histogram if rec.histogram is not None and rec.pixels.shape == (size, size)
-                     else grey_histogram(img))
+            a, b = rec.sums if rec.sums is not None and rec.pixels.shape == (size, size) else grey_sums(img)
+            s1, s2 = s1 + a, s2 + b
             if rec.mask is not None and masks is None:
                 masks = _NpyStream(tmp / "masks.npy", (size, size))
                 for _ in range(i):  # earlier slices had no mask: empty
@@ -275,10 +277,9 @@ def write_store(
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         manifest = _assign_splits(manifest, raw_patients, split_fractions, split_seed, task)
         manifest.to_csv(tmp / "manifest.csv", index=False)
-        values = np.arange(256, dtype=np.float64) / 255.0
-        n_pix = float(hist.sum())
-        mean = float(hist @ values) / n_pix
-        std = float(np.sqrt(max(float(hist @ np.square(values)) / n_pix - mean**2, 1e-12)))
+        n_pix = len(rows) * size * size
+        mean = s1 / 255.0 / n_pix
+        std = float(np.sqrt(max(s2 / 255.0**2 / n_pix - mean**2, 1e-12)))
         meta = {
             "name": name,
             "task": task,

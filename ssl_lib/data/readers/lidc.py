@@ -44,7 +44,7 @@ from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers import BadSource, SourceReader
 from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
                                         read_dicom, sort_frames)
-from ssl_lib.data.store import SliceRecord, StoreError, grey_histogram, resize_slice
+from ssl_lib.data.store import SliceRecord, StoreError, grey_sums, resize_slice
 from ssl_lib.data.workers import OrderedPool, resolve_workers
 
 #: The authors' threshold: series with at most this many images are not CT volumes.
@@ -64,11 +64,11 @@ def scan_header(path: str) -> tuple[str, str | None, list[Frame] | BadSource]:
 
 
 def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: int | None):
-    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its histogram)``."""
+    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its grey sums)``."""
     pixels = decode_frame_uint8(path, frame, hu_range=hu_range)
     if size is not None:
         pixels = resize_slice(pixels, size)
-    return pixels, grey_histogram(pixels)
+    return pixels, grey_sums(pixels)
 
 
 #: Slices per worker job: enough to amortise the per-job cost of the process pool.
@@ -188,9 +188,9 @@ class LidcReader(SourceReader):
             if isinstance(result, BadSource):
                 self.bad(result, safe_name(i))
                 continue
-            pixels, histogram = result
+            pixels, sums = result
             yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}",
-                              histogram=histogram if size_known else None)
+                              sums=sums if size_known else None)
 
 
 def _scan_files(paths: list[str]) -> list:
