@@ -61,7 +61,8 @@ def test_official_split_kept_and_conflicts_recorded(tmp_path):
     reader = store.meta["reader"]
     assert reader["counts"]["patient_conflicts"] == 3  # 14, 15, 33
     assert reader["counts"]["conflicting_files"] == 10  # 5 + 2 + 3
-    table = views.split_conflicts(store)
+    table = views.split_conflicts({"covid": store})
+    assert set(table["store"]) == {"covid"} and len(views.split_conflicts(store)) == 10
     assert set(table["key"]) == {"CT_NonCOVID/14", "CT_NonCOVID/15", "CT_NonCOVID/33"}
     assert set(table.loc[table["key"] == "CT_NonCOVID/14", "file"]) == {
         "CT_NonCOVID/14.png", "CT_NonCOVID/14%0.jpg", "CT_NonCOVID/14%1.jpg", "CT_NonCOVID/14%2.jpg", "CT_NonCOVID/14%3.jpg"}

@@ -54,6 +54,9 @@ def test_user_task_through_preprocess_finetune_and_tables(tmp_path):
                         "class_names": ["none", "cyst", "tumour"], "fractions": [1.0, 0.5]}])
     stores = prepare_stores(out, "smoke", tasks=spec, progress=False)
     assert list(stores) == ["lidc", "liver"]  # only the tasks asked for
+    from ssl_lib.data import views
+
+    assert views.first_labelled(stores) is stores["liver"] and views.split_conflicts(stores).empty
     assert stores["liver"].class_names == ["none", "cyst", "tumour"] and stores["liver"].meta["task"] == "multiclass"
     saved = json.loads((out / "tasks.json").read_text())
     assert saved[0]["name"] == "liver" and str(src) not in (out / "tasks.json").read_text()  # no source path

@@ -72,7 +72,7 @@ real repository the default rule (the name before `%`) puts some keys into two s
 NonCOVID `14.png` (train) and `14%0.jpg` … `14%3.jpg` (test). The store keeps the official split and
 gives such a key one key per split; the table lists every file involved (empty: none).
 `covid_strict = True` stops instead."""),
-("code", "views.split_conflicts(stores['covid'])"),
+("code", "views.split_conflicts(stores)"),
 ("md", "## Example slices\n\nA few slices of every store, with the class and, where the source has one, the lesion or organ mask outlined in red."),
 ("code", "views.show_examples(stores);"),
 ("md", "## Hounsfield units before and after the interval mapping\n\nThe voxels of one pre-training CT series: HU values (dashed lines: the mapped interval) and the grey values they become. Air sits at the bottom, soft tissue in a narrow band, bone above; the mapping keeps all of them, at the price of low soft-tissue contrast."),
@@ -80,5 +80,5 @@ gives such a key one key per split; the table lists every file involved (empty: 
 ("md", "## Class counts per split\n\nSlices per class in each patient-level split. The brain task is later split again into five cross-validation folds by patient."),
 ("code", "views.class_counts(stores)"),
 ("md", "## Browse the slices\n\nIn JupyterLab, the slider steps through a store's slices with their masks."),
-("code", "views.slice_browser(stores['covid'])"),
+("code", "views.slice_browser(views.first_labelled(stores))"),
 ])
