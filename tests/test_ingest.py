@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from dicom_files import write_ct
-from ssl_lib.data.build import build_store
+from ssl_lib.data.build import build_store, make_reader
+from ssl_lib.data.store import write_store
 from ssl_lib.data.readers import FolderReader, load_grey_image
 from ssl_lib.data.store import StoreError, remove_stale_temp
 from ssl_lib.data.workers import resolve_workers
@@ -85,15 +86,21 @@ def lidc_tree(root: Path, n_series=3, n=12, hw=(24, 24)):
 def test_workers_write_the_same_store_in_the_same_order(tmp_path):
     src = lidc_tree(tmp_path / "LIDC-IDRI")
     bad = src / "LIDC-IDRI-0001" / "st" / "se" / "1-005.dcm"
-    bad.write_bytes(bad.read_bytes()[:400])  # truncated: skipped and listed either way
+    bad.write_bytes(bad.read_bytes()[:400])  # truncated header: skipped and listed either way
+    short = src / "LIDC-IDRI-0000" / "st" / "se" / "1-003.dcm"
+    short.write_bytes(short.read_bytes()[:-300])  # header fine, pixel data short: found only when decoding
     one = build_store("lidc", src, tmp_path / "one", size=16, salt="k", workers=1, skip_bad=True)
-    two = build_store("lidc", src, tmp_path / "two", size=16, salt="k", workers=2, skip_bad=True)
-    assert len(one) == 3 * 12 - 1
+    reader = make_reader("lidc", src, workers=2, skip_bad=True, salt="k")
+    reader.target_size = 16
+    two = write_store(reader, tmp_path / "two", size=16, name="two", salt="k", skipped=reader.skipped)
+    assert reader._direct is not None  # the workers wrote the slices into images.npy themselves
+    assert len(one) == 3 * 12 - 2 and len((tmp_path / "one" / "skipped.csv").read_text().splitlines()) == 3
     assert (tmp_path / "one" / "images.npy").read_bytes() == (tmp_path / "two" / "images.npy").read_bytes()
     assert (tmp_path / "one" / "manifest.csv").read_text() == (tmp_path / "two" / "manifest.csv").read_text()
     assert (tmp_path / "one" / "skipped.csv").read_text() == (tmp_path / "two" / "skipped.csv").read_text()
     assert one.meta["mean"] == two.meta["mean"] and one.meta["std"] == two.meta["std"]
-    with pytest.raises(StoreError, match=r"1-005\.dcm: corrupt DICOM file"):
+    with pytest.raises(StoreError, match=r"1-003\.dcm: pixel data could not be decoded: transfer syntax Explicit VR "
+                                         r"Little Endian \(1\.2\.840\.10008\.1\.2\.1\); .* probably truncated"):
         build_store("lidc", src, tmp_path / "three", size=16, workers=2)
     assert not (tmp_path / "three").exists() and not list(tmp_path.glob(".three.tmp-*"))
 

@@ -64,6 +64,9 @@ class SliceRecord:
     source: str = ""
     mask: np.ndarray | None = None
     sums: tuple[int, int] | None = None
+    #: set when a worker process already wrote the (size x size) pixels into ``images.npy`` at this
+    #: slot (see ``bind_images`` in :func:`write_store`); ``pixels`` is then ``None`` and ``sums`` given
+    slot: int | None = None
 
 
 def grey_sums(pixels: np.ndarray) -> tuple[int, int]:
@@ -104,15 +107,33 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 class _NpyStream:
     def __init__(self, path: Path, hw: tuple[int, int]):
         self.path, self.hw, self.n = path, hw, 0
-        self.fh = open(path, "wb")
+        self.moves: list[tuple[int, int]] = []  # (slot, index) of slices written by workers behind holes
+        self.direct = False
+        self.fh = open(path, "w+b")
         self.fh.write(_npy_header((0, *hw)))
 
     def append(self, arr: np.ndarray) -> None:
-        assert arr.dtype == np.uint8 and arr.shape == self.hw
+        assert arr.dtype == np.uint8 and arr.shape == self.hw and not self.moves and not self.direct
         self.fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
         self.n += 1
 
+    def placed(self, slot: int) -> None:
+        """The next slice was written by a worker at ``slot`` (>= its index: skipped slices leave holes)."""
+        self.direct = True
+        if slot < self.n:
+            raise StoreError(f"slot {slot} written twice")
+        if slot != self.n:
+            self.moves.append((slot, self.n))
+        self.n += 1
+
     def close(self) -> None:
+        frame = self.hw[0] * self.hw[1]
+        for slot, index in self.moves:  # close the holes of skipped slices, in order
+            self.fh.seek(_HEADER_LEN + slot * frame)
+            data = self.fh.read(frame)
+            self.fh.seek(_HEADER_LEN + index * frame)
+            self.fh.write(data)
+        self.fh.truncate(_HEADER_LEN + self.n * frame)
         self.fh.seek(0)
         self.fh.write(_npy_header((self.n, *self.hw)))
         self.fh.close()
@@ -250,7 +271,18 @@ def write_store(
         rows: list[tuple] = []
         raw_patients: list[str] = []
         s1 = s2 = 0  # exact integer sums of grey values and their squares: mean/std independent of order
+        bind = getattr(records, "bind_images", None)
+        if bind is not None:  # a reader whose worker processes write the slices straight into images.npy
+            bind(tmp / "images.npy", _HEADER_LEN, size)
         for i, rec in enumerate(_with_progress(records, progress, name, total)):
+            if rec.slot is not None:
+                if rec.sums is None or rec.mask is not None:
+                    raise StoreError(f"{rec.source}: a slice written by a worker needs its sums and no mask")
+                images.placed(rec.slot)
+                s1, s2 = s1 + rec.sums[0], s2 + rec.sums[1]
+                raw_patients.append(rec.patient)
+                rows.append((i, patient_key(rec.patient, salt), int(rec.label), rec.split, rec.source))
+                continue
             if rec.pixels.dtype != np.uint8 or rec.pixels.ndim != 2:
                 raise StoreError(f"{rec.source}: reader produced {rec.pixels.dtype} {rec.pixels.shape}, expected uint8 (H, W)")
             if rec.split not in ("",) + SPLITS:

@@ -168,6 +168,9 @@ def decoder_help(uid) -> str:
 
     if uid is None:
         return "the file has no Transfer Syntax UID in its file meta information; rewrite it with one"
+    if uid.is_transfer_syntax and not uid.is_compressed:
+        return ("no plugin is needed for uncompressed pixel data: it does not match Rows x Columns x "
+                "BitsAllocated x frames, so the file is probably truncated")
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:

@@ -40,6 +40,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers import BadSource, SourceReader
 from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
@@ -75,14 +77,31 @@ def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: i
 CHUNK = 16
 
 
-def decode_slices(items: list[tuple[str, Frame]], hu_range: tuple[float, float], size: int | None) -> list:
-    """Worker job: :func:`decode_slice` of several slices; a bad one becomes its :class:`BadSource` in the list."""
+def decode_slices(items: list[tuple[str, Frame, int]], hu_range: tuple[float, float], size: int | None,
+                  direct: tuple[str, int] | None = None) -> list:
+    """Worker job: :func:`decode_slice` of several ``(path, frame, slot)``; a bad one becomes its :class:`BadSource`.
+
+    ``direct=(images.npy path, header length)``: each slice is written into the store's image file at
+    its slot (``header + slot * size**2``) and only ``(None, sums)`` travels back, so the writing
+    process never copies pixel bytes.
+    """
     out = []
-    for path, frame in items:
-        try:
-            out.append(decode_slice(path, frame, hu_range, size))
-        except BadSource as err:
-            out.append(err)
+    fd = os.open(direct[0], os.O_WRONLY) if direct is not None else None
+    try:
+        for path, frame, slot in items:
+            try:
+                pixels, sums = decode_slice(path, frame, hu_range, size)
+            except BadSource as err:
+                out.append(err)
+                continue
+            if fd is None:
+                out.append((pixels, sums))
+            else:
+                os.pwrite(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), direct[1] + slot * pixels.size)
+                out.append((None, sums))
+    finally:
+        if fd is not None:
+            os.close(fd)
     return out
 
 
@@ -116,6 +135,12 @@ class LidcReader(SourceReader):
         self.counts.update(patients=0, series=0, series_read=0, skipped_series_small=0, skipped_series_non_ct=0,
                            skipped_series_unreadable=0, multi_frame_files=0)
         self._series: list[tuple[str, Path, list[Path]]] | None = None
+        self._images: tuple[str, int, int] | None = None
+        self._slot = 0
+
+    def bind_images(self, path, header: int, size: int) -> None:
+        """Called by :func:`~ssl_lib.data.store.write_store`: with worker processes, they write the slices there."""
+        self._images = (str(path), int(header), int(size))
 
     def series(self) -> list[tuple[str, Path, list[Path]]]:
         """``(patient folder name, series folder, sorted .dcm files)`` for every series folder (listed once)."""
@@ -139,6 +164,9 @@ class LidcReader(SourceReader):
             raise StoreError(f"{self.root}: no DICOM series found (expected <patient>/<study>/<series>/*.dcm)")
         self.count("patients", len({p for p, _, _ in listing}))
         n = resolve_workers(self.workers, self.size_hint())
+        self._slot = 0
+        direct = self._images is not None and n > 1 and self._images[2] == self.target_size
+        self._direct = (self._images[0], self._images[1]) if direct else None
         with OrderedPool(n) as pool:
             headers = pool.imap(_scan_files, ([[str(f) for f in files]] for _, _, files in listing), window=2 * n)
             for (patient_folder, folder, files), scanned in zip(listing, headers):
@@ -181,8 +209,9 @@ class LidcReader(SourceReader):
         self.count("series_read")
         ordered = sort_frames(usable)
         size_known = self.target_size is not None
-        items = [(path, frame) for (_, path), frame in ordered]
-        jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size) for k in range(0, len(items), CHUNK))
+        items = [(path, frame, self._slot + k) for k, ((_, path), frame) in enumerate(ordered)]
+        self._slot += len(items)
+        jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size, self._direct) for k in range(0, len(items), CHUNK))
         results = (r for chunk in pool.imap(decode_slices, jobs) for r in chunk)
         for number, (((i, _), _), result) in enumerate(zip(ordered, results)):
             if isinstance(result, BadSource):
@@ -190,7 +219,7 @@ class LidcReader(SourceReader):
                 continue
             pixels, sums = result
             yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}",
-                              sums=sums if size_known else None)
+                              sums=sums if size_known else None, slot=items[number][2] if pixels is None else None)
 
 
 def _scan_files(paths: list[str]) -> list:
