@@ -604,12 +604,23 @@ class GradCamResult:
     files: dict[str, Path]
 
 
-def run_gradcam(output_dir: str | os.PathLike, task: str = "covid", fraction: float = 1.0, seed: int = 0,
+def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float = 1.0, seed: int = 0,
                 profile: str = "quick", inits: Sequence[str] | None = None, *, target: str = "auto",
                 fold: int = -1, progress: bool = False) -> GradCamResult:
     """Heat maps (:func:`gradcam_for_inits`), the correlation and localisation tables with the
     profile's settings; the tables are written next to the cache as
-    ``{task}_f{fraction}_s{seed}[_k{fold}]_correlation.csv`` and ``..._localisation.csv``."""
+    ``{task}_f{fraction}_s{seed}[_k{fold}]_correlation.csv`` and ``..._localisation.csv``.
+    ``task``: empty: the study's first task (``<output>/tasks.json``; the paper's COVID-19 by default).
+    ``fold < 0`` on a cross-validated task: the fold run ``seed`` used (:func:`ssl_lib.tasks.fold_of`).
+    """
+    from .tasks import use_study_tasks
+
+    from .tasks import fold_of
+
+    names = use_study_tasks(output_dir)  # the study's user tasks become known here
+    task = task or names[0]
+    if fold < 0:  # a cross-validated task: the fold that run `seed` used
+        fold = fold_of(task, seed)
     if profile not in PROFILES:
         raise ExplainError(f"unknown profile {profile!r}; choose one of {tuple(PROFILES)}")
     prof = PROFILES[profile]

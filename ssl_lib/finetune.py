@@ -61,7 +61,8 @@ from .models.classifier import Classifier, save_classifier
 from .paths import StudyPaths
 from .precision import autocast, resolve_channels_last, resolve_precision
 from .reduction import PAPER_FRACTIONS, reduce_indices, stop_reducing
-from .tasks import TASKS, Split, TaskSpec, class_counts, fold_of, get_task, task_splits
+from .tasks import (TASKS, USER_FRACTIONS, Split, TaskSpec, class_counts, fold_of, get_task, task_names,
+                    task_splits, use_study_tasks)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,12 @@ class FinetuneProfile:
         return self.linear_epochs + self.full_epochs
 
     def fractions_for(self, task: str) -> tuple[float, ...]:
-        return tuple(self.fractions.get(task, (1.0,)))
+        """The profile's fractions for a paper task; a user task's own (default 100/75/50/25/10 %)."""
+        if task in self.fractions:
+            return tuple(self.fractions[task])
+        if task not in TASKS:
+            return tuple(get_task(task).fractions or USER_FRACTIONS)
+        return (1.0,)
 
 
 _QUICK_FRACTIONS = {t: (1.0, 0.5, 0.25) for t in TASKS}
@@ -184,6 +190,8 @@ def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: st
 
     Slices are resized once to ``image_size`` when the store holds another size.
     """
+    if not isinstance(output_dir_or_store, SliceStore) and not (Path(output_dir_or_store) / "meta.json").is_file():
+        use_study_tasks(output_dir_or_store)  # the study's user tasks
     spec = get_task(task)
     if isinstance(output_dir_or_store, SliceStore):
         store = output_dir_or_store
@@ -749,7 +757,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     rows of the results table.
     """
     prof = get_profile(profile)
-    tasks = list(tasks or TASKS)
+    tasks = task_names(tasks, output_dir)  # None: the study's tasks (<output>/tasks.json), else the paper's
     inits = list(inits) if inits is not None else default_inits(output_dir)
     seeds = list(seeds) if seeds is not None else list(prof.seeds)
     stop = prof.stop_f1 if stop_f1 == "profile" else stop_f1

@@ -19,7 +19,7 @@ import pandas as pd
 from .finetune import read_results
 from .metrics import metric_definitions  # noqa: F401  (re-exported for the book)
 from .reduction import STOP_F1
-from .tasks import TASKS
+from .tasks import TASKS, order_tasks, task_label
 
 INIT_ORDER = ["random", "byol", "swav", "mocov2", "spark"]
 INIT_LABELS = {"random": "- (random)", "byol": "BYOL", "swav": "SwAV", "mocov2": "MoCoV2", "spark": "SparK"}
@@ -71,6 +71,9 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
 # ----------------------------------------------------------------------------- reading
 def load_results(output_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
     """The results table; with several rows for one run key, the last one counts."""
+    from .tasks import use_study_tasks
+
+    use_study_tasks(output_dir)  # the study's user tasks become known here
     res = read_results(output_dir, profile)
     if res.empty:
         return res
@@ -111,7 +114,7 @@ def table2(results: pd.DataFrame, *, fraction: float = 1.0, metrics: Sequence[st
     """Table 2: "mean ± std" per init (rows) and task x metric (columns) at ``fraction``."""
     res = results[np.isclose(results["fraction"].astype(float), fraction)]
     s = summary(res, metrics)
-    tasks = [t for t in (tasks or TASKS) if t in set(s["task"])]
+    tasks = [t for t in (tasks or order_tasks(s["task"])) if t in set(s["task"])]
     inits = _order_inits(s["init"])
     cols = pd.MultiIndex.from_product([[TASK_LABELS.get(t, t) for t in tasks], list(metrics)], names=["task", "metric"])
     table = pd.DataFrame(index=pd.Index([INIT_LABELS.get(i, i) for i in inits], name="init"), columns=cols, dtype=object)
@@ -189,7 +192,7 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
     import matplotlib.pyplot as plt
 
     s = summary(results, metrics)
-    tasks = [t for t in (tasks or TASKS) if t in set(s["task"])] or sorted(set(s["task"]))
+    tasks = [t for t in (tasks or order_tasks(s["task"])) if t in set(s["task"])] or sorted(set(s["task"]))
     fig, axes = plt.subplots(len(metrics), max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.2 * len(metrics)),
                              squeeze=False)
     inits = [i for i in _order_inits(s["init"]) if include_random or i != "random"]

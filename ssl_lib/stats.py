@@ -187,6 +187,9 @@ def compare_inits(output_dir: str | os.PathLike, *, tasks: Iterable[str] | None 
     ci_high, p_boot, p_boot_holm, p_ttest, p_ttest_holm, p_wilcoxon, ci_excludes_0, holds,
     verdict, method.
     """
+    from .tasks import use_study_tasks
+
+    use_study_tasks(output_dir)  # the study's user tasks become known here
     res = read_results(output_dir, profile)
     cols = ["task", "fraction", "metric", "init_a", "init_b", "n_runs", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
             "p_boot", "p_boot_holm", "p_ttest", "p_ttest_holm", "p_wilcoxon", "ci_excludes_0", "holds", "verdict",

@@ -469,15 +469,92 @@ def _finish(run: _Running, folder: RunFolder) -> None:
                      f"{': ' + info['error'] if 'error' in info else ''}\nsee the executed notebook {out_nb}")
 
 
+#: What a source path becomes in executed notebooks (outputs never carry source paths).
+REDACTED = "<source path>"
+
+
+def source_paths(params: dict) -> list[str]:
+    """Source paths among a step's parameter values (also inside lists, dicts and JSON strings).
+
+    A value counts when it names an existing file or folder outside ``params["output_dir"]``;
+    each is returned as given and resolved, longest first (for :func:`redact_notebook`).
+    """
+    out_dir = Path(str(params.get("output_dir", ""))).resolve() if params.get("output_dir") else None
+    found: set[str] = set()
+
+    def visit(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and value.strip():
+            text = value.strip()
+            if text[:1] in "[{":
+                try:
+                    visit(json.loads(text))
+                    return
+                except ValueError:
+                    pass
+            try:
+                path = Path(text).expanduser()
+                if not path.exists():
+                    return
+                resolved = path.resolve()
+            except (OSError, ValueError):
+                return
+            if out_dir is not None and (resolved == out_dir or out_dir in resolved.parents):
+                return
+            found.update({text, str(resolved)})
+
+    for key, value in params.items():
+        if key != "output_dir":
+            visit(value)
+    return sorted((p for p in found if len(p) > 1), key=len, reverse=True)
+
+
+def redact_notebook(path: str | os.PathLike, secrets: list[str]) -> None:
+    """Replace every occurrence of ``secrets`` in a notebook's strings (cells, outputs, metadata) with :data:`REDACTED`."""
+    if not secrets or not Path(path).is_file():
+        return
+
+    def clean(value):
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    nb = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps(clean(nb), indent=1, ensure_ascii=False) + "\n")
+
+
 def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, log_output: bool = False) -> int:
     """Run one notebook with papermill (the child side of :func:`_launch`); 0, or 1 with the error in ``error_file``.
 
     SIGTERM (from the runner, or the parent-death signal when the runner is killed) ends the
-    kernel and everything it started, then this process.
+    kernel and everything it started, then this process. Source paths among the parameters are
+    redacted from the executed notebook (:func:`redact_notebook`) and from the error, since a
+    folder name may name a patient.
     """
     procs.stop_children_on(signal.SIGTERM)
     if os.environ.get(_RUNNER_PID_ENV):
         procs.die_with_parent(signal.SIGTERM, int(os.environ[_RUNNER_PID_ENV]))
+    secrets = source_paths(params)
+    try:
+        return _execute(template, out_nb, error_file, params, log_output)
+    finally:
+        redact_notebook(out_nb, secrets)
+        if Path(error_file).is_file() and Path(error_file).stat().st_size:
+            redact_notebook(error_file, secrets)
+
+
+def _execute(template: str, out_nb: str, error_file: str, params: dict, log_output: bool) -> int:
     import papermill as pm
 
     try:

@@ -229,9 +229,11 @@ def test_covid_reader_labels_splits_patients(tmp_path):
     rgb = np.asarray(Image.open(tmp_path / "CT_COVID" / "2020.02.10-p6-52%0.png"))
     ref = np.asarray(Image.open(tmp_path / "CT_COVID" / "2020.02.10-p6-52%0.png").convert("L")).astype(int)
     assert rgb.ndim == 3 and np.abs(by_source["CT_COVID/2020.02.10-p6-52%0.png"].pixels.astype(int) - ref).max() <= 1
-    # a callable patient key
-    recs = list(CovidCTReader(tmp_path, patient_of=lambda name: "same"))
-    assert {r.patient for r in recs} == {"same"}
+    # a callable patient key: one key in all three given splits -> one key per split (official split kept)
+    reader = CovidCTReader(tmp_path, patient_of=lambda name: "same")
+    recs = list(reader)
+    assert {r.patient for r in recs} == {"same@train", "same@val", "same@test"}
+    assert reader.counts["patient_conflicts"] == 1 and reader.counts["conflicting_files"] == 10
 
 
 def test_covid_masks(tmp_path):

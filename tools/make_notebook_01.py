@@ -43,6 +43,12 @@ brain_root = ""                # folder of DICOM/PNG slices; empty: synthetic
 brain_labels = ""              # labels CSV (file,label[,patient][,split]); default <brain_root>/labels.csv
 image_size = 0                 # task image size; 0: the profile's
 skip_bad = False               # skip unreadable files (listed in skipped.csv) instead of stopping
+covid_patient = "prefix"       # COVID-CT patient rule: prefix (name before '%') | name (every file its own)
+covid_strict = False           # True: refuse patient keys that cross the official split (names every file)
+png16 = ""                     # 16-bit grey PNGs: "bits:12" (0..4095 -> 0..255) | "hu:1024" (HU = v - 1024); empty: error
+workers = "auto"               # processes decoding DICOM: "auto" (one per core for large trees) or a number
+tasks = ""                     # labelled tasks as JSON; empty: the paper's covid, organs, brain. A user task:
+# '["covid", {"name": "liver", "reader": "folder", "source": "/data/liver", "class_names": ["no lesion", "lesion"]}]'
 seed = 0
 """),
 ("code", """
@@ -54,9 +60,19 @@ from ssl_lib.data.prepare import prepare_stores
 stores = prepare_stores(output_dir, profile, lidc_root=lidc_root or None, covid_root=covid_root or None,
                         organs_npz=organs_npz or None, brain_root=brain_root or None,
                         brain_labels=brain_labels or None, image_size=image_size or None,
-                        skip_bad=skip_bad, seed=seed, progress=False)
+                        skip_bad=skip_bad, seed=seed, progress=False, covid_patient=covid_patient,
+                        covid_strict=covid_strict, png16=png16 or None, workers=workers, tasks=tasks or None)
 views.store_summary(stores)
 """),
+("md", """## COVID-CT: the official split and the patient rule
+
+The COVID-CT split files decide the split, as in every published result on this data set. Its file
+names are figure ids of papers, not people; the patient rule (`covid_patient`) groups them. In the
+real repository the default rule (the name before `%`) puts some keys into two splits, e.g.
+NonCOVID `14.png` (train) and `14%0.jpg` … `14%3.jpg` (test). The store keeps the official split and
+gives such a key one key per split; the table lists every file involved (empty: none).
+`covid_strict = True` stops instead."""),
+("code", "views.split_conflicts(stores)"),
 ("md", "## Example slices\n\nA few slices of every store, with the class and, where the source has one, the lesion or organ mask outlined in red."),
 ("code", "views.show_examples(stores);"),
 ("md", "## Hounsfield units before and after the interval mapping\n\nThe voxels of one pre-training CT series: HU values (dashed lines: the mapped interval) and the grey values they become. Air sits at the bottom, soft tissue in a narrow band, bone above; the mapping keeps all of them, at the price of low soft-tissue contrast."),
@@ -64,5 +80,5 @@ views.store_summary(stores)
 ("md", "## Class counts per split\n\nSlices per class in each patient-level split. The brain task is later split again into five cross-validation folds by patient."),
 ("code", "views.class_counts(stores)"),
 ("md", "## Browse the slices\n\nIn JupyterLab, the slider steps through a store's slices with their masks."),
-("code", "views.slice_browser(stores['covid'])"),
+("code", "views.slice_browser(views.first_labelled(stores))"),
 ])

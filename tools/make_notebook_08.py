@@ -16,7 +16,7 @@ cells = [
        "the lesion compared with heat maps that know nothing of the image."),
     code('profile = "quick"  # smoke | quick | paper\n'
          'output_dir = "outputs/quick"\n'
-         'task = "covid"  # the store / fine-tuning task to explain\n'
+         'task = ""  # the task to explain; empty: the study\'s first (COVID-19 unless tasks say otherwise)\n'
          'fraction = 1.0  # which fine-tuned models: fraction of the training set ...\n'
          'seed = 0  # ... and fine-tuning seed\n'
          'fold = -1  # cross-validated tasks (brain): the fold of that model\n'

@@ -105,9 +105,10 @@ def build_store(
     salt = secrets.token_hex(16) if salt is None else salt
     reader = make_reader(kind, source, skip_bad=skip_bad, salt=salt, **reader_options)
     task, names = task_of(reader, class_names)
+    reader.target_size = size  # readers with worker processes resize there
     info = reader.summary()
     info["skip_bad"] = bool(skip_bad)
-    return write_store(
+    store = write_store(
         reader,
         out,
         size=size,
@@ -122,7 +123,9 @@ def build_store(
         extra_meta=extra_meta,
         overwrite=overwrite,
         progress=progress,
+        total=reader.size_hint() if progress else None,
     )
+    return store
 
 
 __all__ = ["build_store", "make_reader", "task_of", "KINDS"]

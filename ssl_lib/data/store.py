@@ -9,8 +9,10 @@ A store is a folder::
                     counts per split and class, reader options, what was skipped
     skipped.csv     files the reader skipped (only with an explicit skip option), and why
 
-A store is complete or absent: it is written into a temporary sibling folder and renamed into
-place at the end. No DICOM identifier (name, ID, dates, UIDs) is written: readers hand raw patient
+A store is complete or absent: it is written into a temporary sibling folder
+``.<name>.tmp-<host>-<pid>-<random>`` and renamed into place at the end; a build first removes
+such folders of the same store left by earlier builds that were killed (same host, process gone,
+:func:`remove_stale_temp`). No DICOM identifier (name, ID, dates, UIDs) is written: readers hand raw patient
 identifiers to :func:`write_store`, which keeps only a salted one-way hash of them.
 """
 
@@ -50,7 +52,9 @@ class SliceRecord:
     ``label``: class index, ``-1`` for unlabeled slices. ``split``: one of :data:`SPLITS`, or
     ``""`` to let the writer split by patient. ``source``: a non-identifying description of where
     the slice came from (relative file name for PNG/npz sources, a hash for DICOM).
-    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside).
+    ``mask``: optional ``(H, W)`` lesion/organ mask (non-zero = inside). ``sums``: optional
+    ``(sum, sum of squares)`` of the grey values when a worker process computed them already
+    (:func:`grey_sums`; only used when ``pixels`` is at the store's size).
     """
 
     pixels: np.ndarray
@@ -59,6 +63,17 @@ class SliceRecord:
     split: str = ""
     source: str = ""
     mask: np.ndarray | None = None
+    sums: tuple[int, int] | None = None
+    #: set when a worker process already wrote the (size x size) pixels into ``images.npy`` at this
+    #: slot (see ``bind_images`` in :func:`write_store`); ``pixels`` is then ``None`` and ``sums`` given
+    slot: int | None = None
+
+
+def grey_sums(pixels: np.ndarray) -> tuple[int, int]:
+    """``(sum, sum of squares)`` of a uint8 image's grey values, exact integers (float64 holds them
+    exactly, so the BLAS dot product is exact in any summation order): the dataset mean/std."""
+    f = np.asarray(pixels).ravel().astype(np.float64)
+    return int(f.sum()), int(f @ f)
 
 
 @dataclass
@@ -92,15 +107,33 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 class _NpyStream:
     def __init__(self, path: Path, hw: tuple[int, int]):
         self.path, self.hw, self.n = path, hw, 0
-        self.fh = open(path, "wb")
+        self.moves: list[tuple[int, int]] = []  # (slot, index) of slices written by workers behind holes
+        self.direct = False
+        self.fh = open(path, "w+b")
         self.fh.write(_npy_header((0, *hw)))
 
     def append(self, arr: np.ndarray) -> None:
-        assert arr.dtype == np.uint8 and arr.shape == self.hw
-        self.fh.write(np.ascontiguousarray(arr).tobytes())
+        assert arr.dtype == np.uint8 and arr.shape == self.hw and not self.moves and not self.direct
+        self.fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        self.n += 1
+
+    def placed(self, slot: int) -> None:
+        """The next slice was written by a worker at ``slot`` (>= its index: skipped slices leave holes)."""
+        self.direct = True
+        if slot < self.n:
+            raise StoreError(f"slot {slot} written twice")
+        if slot != self.n:
+            self.moves.append((slot, self.n))
         self.n += 1
 
     def close(self) -> None:
+        frame = self.hw[0] * self.hw[1]
+        for slot, index in self.moves:  # close the holes of skipped slices, in order
+            self.fh.seek(_HEADER_LEN + slot * frame)
+            data = self.fh.read(frame)
+            self.fh.seek(_HEADER_LEN + index * frame)
+            self.fh.write(data)
+        self.fh.truncate(_HEADER_LEN + self.n * frame)
         self.fh.seek(0)
         self.fh.write(_npy_header((self.n, *self.hw)))
         self.fh.close()
@@ -150,6 +183,53 @@ def patient_split(
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _temp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def remove_stale_temp(out: str | os.PathLike) -> list[str]:
+    """Remove ``.<name>.tmp-<host>-<pid>-*`` folders of store ``out`` whose build process is gone.
+
+    Only folders written on this host by a process that no longer runs are removed (a build
+    still running, or one on another host sharing the disk, keeps its folder); returns their names.
+    """
+    import socket
+
+    out = Path(out)
+    host = socket.gethostname().replace("-", "_")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    prefix = _temp_prefix(out)
+    for entry in out.parent.iterdir():
+        if not (entry.name.startswith(prefix) and entry.is_dir()):
+            continue
+        parts = entry.name[len(prefix):].split("-")
+        if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if not _pid_alive(int(parts[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _make_temp(out: Path) -> Path:
+    import socket
+
+    host = socket.gethostname().replace("-", "_")
+    return Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out)}{host}-{os.getpid()}-", dir=out.parent))
+
+
 def write_store(
     records: Iterable[SliceRecord],
     out: str | os.PathLike,
@@ -166,6 +246,7 @@ def write_store(
     extra_meta: dict | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    total: int | None = None,
 ) -> "SliceStore":
     """Stream ``records`` into a new store folder ``out`` (complete or absent) and open it.
 
@@ -173,7 +254,8 @@ def write_store(
     (:func:`patient_split`); given splits are kept, but a patient found in two splits is an
     error. ``salt`` keys the patient hash (random, and not stored, when ``None``; pass the same
     salt to link patients across stores). ``extra_meta`` is merged into ``meta.json`` (written
-    with the store, so it is as complete as the store).
+    with the store, so it is as complete as the store). ``total``: expected slice count for the
+    progress bar.
     """
     out = Path(out)
     if out.exists():
@@ -181,22 +263,34 @@ def write_store(
             raise StoreError(f"{out}: a store already exists here (pass overwrite=True to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     salt = secrets.token_hex(16) if salt is None else salt
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temp(out)
+    tmp = _make_temp(out)
     try:
         images = _NpyStream(tmp / "images.npy", (size, size))
         masks: _NpyStream | None = None
         rows: list[tuple] = []
         raw_patients: list[str] = []
-        total = np.zeros(2, dtype=np.float64)
-        for i, rec in enumerate(_with_progress(records, progress, name)):
+        s1 = s2 = 0  # exact integer sums of grey values and their squares: mean/std independent of order
+        bind = getattr(records, "bind_images", None)
+        if bind is not None:  # a reader whose worker processes write the slices straight into images.npy
+            bind(tmp / "images.npy", _HEADER_LEN, size)
+        for i, rec in enumerate(_with_progress(records, progress, name, total)):
+            if rec.slot is not None:
+                if rec.sums is None or rec.mask is not None:
+                    raise StoreError(f"{rec.source}: a slice written by a worker needs its sums and no mask")
+                images.placed(rec.slot)
+                s1, s2 = s1 + rec.sums[0], s2 + rec.sums[1]
+                raw_patients.append(rec.patient)
+                rows.append((i, patient_key(rec.patient, salt), int(rec.label), rec.split, rec.source))
+                continue
             if rec.pixels.dtype != np.uint8 or rec.pixels.ndim != 2:
                 raise StoreError(f"{rec.source}: reader produced {rec.pixels.dtype} {rec.pixels.shape}, expected uint8 (H, W)")
             if rec.split not in ("",) + SPLITS:
                 raise StoreError(f"{rec.source}: unknown split {rec.split!r}")
             img = resize_slice(rec.pixels, size)
             images.append(img)
-            f = img.astype(np.float64) / 255.0
-            total += (f.sum(), np.square(f).sum())
+            a, b = rec.sums if rec.sums is not None and rec.pixels.shape == (size, size) else grey_sums(img)
+            s1, s2 = s1 + a, s2 + b
             if rec.mask is not None and masks is None:
                 masks = _NpyStream(tmp / "masks.npy", (size, size))
                 for _ in range(i):  # earlier slices had no mask: empty
@@ -216,8 +310,8 @@ def write_store(
         manifest = _assign_splits(manifest, raw_patients, split_fractions, split_seed, task)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         n_pix = len(rows) * size * size
-        mean = total[0] / n_pix
-        std = float(np.sqrt(max(total[1] / n_pix - mean**2, 1e-12)))
+        mean = s1 / 255.0 / n_pix
+        std = float(np.sqrt(max(s2 / 255.0**2 / n_pix - mean**2, 1e-12)))
         meta = {
             "name": name,
             "task": task,
@@ -245,13 +339,14 @@ def write_store(
     return SliceStore(out)
 
 
-def _with_progress(records: Iterable[SliceRecord], progress: bool, name: str) -> Iterator[SliceRecord]:
+def _with_progress(records: Iterable[SliceRecord], progress: bool, name: str,
+                   total: int | None = None) -> Iterator[SliceRecord]:
     if not progress:
         yield from records
         return
     from tqdm.auto import tqdm
 
-    yield from tqdm(records, desc=f"store {name}", unit="slice")
+    yield from tqdm(records, desc=f"store {name}", unit="slice", total=total)
 
 
 def _assign_splits(manifest: pd.DataFrame, raw_patients: list[str], fractions, seed, task) -> pd.DataFrame:
@@ -260,10 +355,14 @@ def _assign_splits(manifest: pd.DataFrame, raw_patients: list[str], fractions, s
         per_patient = manifest.loc[given].groupby("patient")["split"].nunique()
         crossing = per_patient[per_patient > 1]
         if len(crossing):
+            lines = []
+            for key in crossing.index:
+                rows = manifest.loc[given & (manifest["patient"] == key)]
+                lines.append(f"  patient {key}: " + "; ".join(
+                    f"{split}: {', '.join(group['source'])}" for split, group in rows.groupby("split", sort=False)))
             raise StoreError(
-                f"{len(crossing)} patient(s) appear in more than one of the given splits; "
-                "a patient must never cross train/val/test"
-            )
+                f"{len(crossing)} patient(s) appear in more than one of the given splits; a patient must never "
+                "cross train/val/test. The slices involved (patient key: split: source):\n" + "\n".join(lines))
     todo = ~given
     if todo.any():
         raw = np.asarray(raw_patients, dtype=object)

@@ -26,6 +26,25 @@ def store_summary(stores: dict[str, SliceStore]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("store")
 
 
+def split_conflicts(stores: "SliceStore | dict[str, SliceStore]") -> pd.DataFrame:
+    """Files whose patient key the patient rule put into more than one given split (COVID-CT layouts).
+
+    One row per file: the store, the key, the split the official split file gives it, the file name
+    (COVID-CT names are figure ids, not people). Empty when there are none. The stores keep the
+    official split; see :mod:`ssl_lib.data.readers.covidct`.
+    """
+    stores = stores if isinstance(stores, dict) else {stores.meta.get("name", ""): stores}
+    rows = [{"store": name, "key": c["key"], "split": split, "file": file}
+            for name, store in stores.items()
+            for c in store.meta.get("reader", {}).get("conflicts", []) for split, file in c["files"]]
+    return pd.DataFrame(rows, columns=["store", "key", "split", "file"])
+
+
+def first_labelled(stores: dict[str, SliceStore]) -> SliceStore:
+    """The first store with labels (the study's first task), else the first store."""
+    return next((s for s in stores.values() if s.meta["task"] != "unlabeled"), next(iter(stores.values())))
+
+
 def class_counts(stores: dict[str, SliceStore]) -> pd.DataFrame:
     """Slices per store, split and class (labelled stores only)."""
     frames = []

@@ -9,11 +9,14 @@ Layout::
 ``train``/``val``/``test`` or empty; rows without one are split by patient by the store
 (stratified, no patient in two splits).
 
-* DICOM files (``.dcm`` or any suffix that is not an image's) must be CT; stored values -> HU
+* DICOM files (``.dcm`` or any suffix that is not an image's) must be CT (enhanced multi-frame CT
+  gives one slice per frame, along the slice normal, each with the file's label); stored values -> HU
   (RescaleSlope/RescaleIntercept), then the radiological ``window=(centre, width)`` (default the
   paper's brain window 35/80 HU) or, with ``window=None``, the interval mapping of ``hu_range``
   (default -1024..3071 HU). A non-CT file is an error (or skipped with ``skip_bad=True``).
-* PNG/JPG/BMP/TIFF files are converted to grey (RGB/RGBA via ITU-R 601 luma).
+* PNG/JPG/BMP/TIFF files are converted to grey (RGB/RGBA via ITU-R 601 luma). 16-bit grey
+  images need ``png16`` (``"bits:N"`` or ``"hu:OFFSET"``, then ``window``/``hu_range`` as for
+  DICOM; see :func:`~ssl_lib.data.readers.load_grey_image`), else each is an error.
 
 Patient = the CSV ``patient`` column, else the DICOM PatientID, else the file stem (the store keeps
 only a salted hash). ``source`` is the relative path for image files and ``dicom-<salted hash of
@@ -31,8 +34,9 @@ from typing import Iterator
 import numpy as np
 
 from ssl_lib.data.intensity import BRAIN_WINDOW, PAPER_HU_RANGE
-from ssl_lib.data.readers import IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask
-from ssl_lib.data.readers.dicom import patient_id, read_ct_slice
+from ssl_lib.data.readers import (IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask,
+                                  parse_png16)
+from ssl_lib.data.readers.dicom import patient_id, read_ct_slices
 from ssl_lib.data.store import SPLITS, SliceRecord, StoreError
 
 LABELS_CSV = "labels.csv"
@@ -51,8 +55,10 @@ class FolderReader(SourceReader):
 
     def __init__(self, root: str | os.PathLike, *, labels_csv: str | os.PathLike | None = None,
                  window: tuple[float, float] | None = BRAIN_WINDOW, hu_range: tuple[float, float] = PAPER_HU_RANGE,
-                 masks_root: str | os.PathLike | None = None, skip_bad: bool = False, salt: str = ""):
+                 masks_root: str | os.PathLike | None = None, png16: str | None = None,
+                 skip_bad: bool = False, salt: str = ""):
         super().__init__(skip_bad=skip_bad, salt=salt)
+        self.png16 = parse_png16(png16)
         root = Path(root)
         if not root.is_dir():
             raise StoreError(f"{root}: folder not found")
@@ -62,7 +68,7 @@ class FolderReader(SourceReader):
         self.hu_range = (float(hu_range[0]), float(hu_range[1]))
         self.masks_root = Path(masks_root) if masks_root is not None else None
         self.options = {"window": None if self.window is None else list(self.window), "hu_range": list(self.hu_range),
-                        "masks": masks_root is not None, "labels_csv_given": labels_csv is not None}
+                        "masks": masks_root is not None, "labels_csv_given": labels_csv is not None, "png16": None if png16 is None else str(self.png16)}
         self.counts.update(rows=0, images=0, dicom_files=0, images_without_mask=0)
         self.rows = self._read_csv()
         self.labels = np.asarray([r[1] for r in self.rows], dtype=np.int64)
@@ -122,18 +128,22 @@ class FolderReader(SourceReader):
                 continue
             try:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
-                    pixels = load_grey_image(path)
+                    slices = [load_grey_image(path, png16=self.png16, window=self.window, hu_range=self.hu_range)]
                     self.count("images")
                 else:
-                    pixels, ds = read_ct_slice(path, window=self.window, hu_range=self.hu_range)
+                    slices, ds = read_ct_slices(path, window=self.window, hu_range=self.hu_range)
                     patient = patient or patient_id(ds) or ""
                     self.count("dicom_files")
-                mask = self._mask(rel, pixels.shape)
+                    if len(slices) > 1:
+                        self.count("multi_frame_files")
+                mask = self._mask(rel, slices[0].shape)
             except BadSource as err:
                 self.bad(err, name)
                 continue
-            yield SliceRecord(pixels=pixels, patient=patient or Path(rel).stem, label=label, split=split,
-                              source=name, mask=mask)
+            for k, pixels in enumerate(slices):  # an enhanced CT file: its frames along the slice normal
+                yield SliceRecord(pixels=pixels, patient=patient or Path(rel).stem, label=label, split=split,
+                                  source=name if len(slices) == 1 else f"{name}:f{k:04d}",
+                                  mask=mask if len(slices) == 1 else None)
 
     def _mask(self, rel: str, shape: tuple[int, int]):
         if self.masks_root is None:

@@ -24,6 +24,14 @@ hash). ``source`` is ``"<series key>:<slice number>"`` with the series key a sal
 series' relative path, so no DICOM name, ID, date or UID is written. In ``skipped.csv`` files are
 named ``<patient key>/<series key>/file<NNNN>`` (the real path goes to the log only).
 Records are unlabeled (``label=-1``) with no split (the store splits by patient).
+
+Enhanced (multi-frame) CT files count one image per frame and give one slice per frame (rescale
+and position from the functional groups, :func:`~ssl_lib.data.readers.dicom.frames_of`).
+
+Ingest at scale: ``workers`` (``"auto"``: one per core once the tree is large enough) reads the
+series headers and decodes the slices in worker processes
+(:class:`~ssl_lib.data.workers.OrderedPool`), resized there to ``target_size`` when the store
+sets one; records still come in series order, so the store is the same for any worker count.
 """
 
 from __future__ import annotations
@@ -32,28 +40,85 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers import BadSource, SourceReader
-from ssl_lib.data.readers.dicom import (decode_hu, hu_to_uint8, modality, patient_id, read_dicom, rescale,
-                                        sort_slices)
-from ssl_lib.data.store import SliceRecord, StoreError
+from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
+                                        read_dicom, sort_frames)
+from ssl_lib.data.store import SliceRecord, StoreError, grey_sums, resize_slice
+from ssl_lib.data.workers import OrderedPool, resolve_workers
 
-#: The authors' threshold: series with at most this many files are not CT volumes.
+#: The authors' threshold: series with at most this many images are not CT volumes.
 MIN_SERIES_IMAGES = 10
+
+
+def scan_header(path: str) -> tuple[str, str | None, list[Frame] | BadSource]:
+    """One file's header -> ``(modality, PatientID, frames or the rescale problem)``; unreadable: :class:`BadSource`."""
+    ds = read_dicom(path, pixels=False)
+    if not modality(ds):
+        raise BadSource(path, "corrupt DICOM file or not an image (no Modality)")
+    try:
+        frames: list[Frame] | BadSource = frames_of(ds, path)
+    except BadSource as err:
+        frames = err
+    return modality(ds), patient_id(ds), frames
+
+
+def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: int | None):
+    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its grey sums)``."""
+    pixels = decode_frame_uint8(path, frame, hu_range=hu_range)
+    if size is not None:
+        pixels = resize_slice(pixels, size)
+    return pixels, grey_sums(pixels)
+
+
+#: Slices per worker job: enough to amortise the per-job cost of the process pool.
+CHUNK = 16
+
+
+def decode_slices(items: list[tuple[str, Frame, int]], hu_range: tuple[float, float], size: int | None,
+                  direct: tuple[str, int] | None = None) -> list:
+    """Worker job: :func:`decode_slice` of several ``(path, frame, slot)``; a bad one becomes its :class:`BadSource`.
+
+    ``direct=(images.npy path, header length)``: each slice is written into the store's image file at
+    its slot (``header + slot * size**2``) and only ``(None, sums)`` travels back, so the writing
+    process never copies pixel bytes.
+    """
+    out = []
+    fd = os.open(direct[0], os.O_WRONLY) if direct is not None else None
+    try:
+        for path, frame, slot in items:
+            try:
+                pixels, sums = decode_slice(path, frame, hu_range, size)
+            except BadSource as err:
+                out.append(err)
+                continue
+            if fd is None:
+                out.append((pixels, sums))
+            else:
+                os.pwrite(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), direct[1] + slot * pixels.size)
+                out.append((None, sums))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return out
 
 
 class LidcReader(SourceReader):
     """Unlabeled HU-mapped slices of every CT series under a LIDC-IDRI tree.
 
     ``root``: the ``LIDC-IDRI`` folder (or a folder containing it). ``min_series_images``:
-    series with at most this many ``.dcm`` files are skipped. ``hu_range``: HU interval mapped
+    series with at most this many images are skipped. ``hu_range``: HU interval mapped
     onto 0..255. ``salt`` keys the hashed series/patient keys in ``source`` and ``skipped.csv``.
+    ``workers``: processes that read and decode (``"auto"`` or a number; 1 = in this process).
     """
 
     kind = "lidc"
 
     def __init__(self, root: str | os.PathLike, *, min_series_images: int = MIN_SERIES_IMAGES,
-                 hu_range: tuple[float, float] = PAPER_HU_RANGE, skip_bad: bool = False, salt: str = ""):
+                 hu_range: tuple[float, float] = PAPER_HU_RANGE, workers: int | str = 1,
+                 skip_bad: bool = False, salt: str = ""):
         super().__init__(skip_bad=skip_bad, salt=salt)
         root = Path(root)
         if (root / "LIDC-IDRI").is_dir():
@@ -63,33 +128,53 @@ class LidcReader(SourceReader):
         self.root = root
         self.min_series_images = int(min_series_images)
         self.hu_range = (float(hu_range[0]), float(hu_range[1]))
-        self.options = {"min_series_images": self.min_series_images, "hu_range": list(self.hu_range)}
+        resolve_workers(workers)  # a bad value fails here, before anything is read
+        self.workers = workers
+        self.options = {"min_series_images": self.min_series_images, "hu_range": list(self.hu_range),
+                        "pixel_plugins": pixel_plugins()}
         self.counts.update(patients=0, series=0, series_read=0, skipped_series_small=0, skipped_series_non_ct=0,
-                           skipped_series_unreadable=0)
+                           skipped_series_unreadable=0, multi_frame_files=0)
+        self._series: list[tuple[str, Path, list[Path]]] | None = None
+        self._images: tuple[str, int, int] | None = None
+        self._slot = 0
 
-    def series(self) -> Iterator[tuple[str, Path, list[Path]]]:
-        """``(patient folder name, series folder, sorted .dcm files)`` for every series folder."""
-        for patient_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            self.count("patients")
-            for folder, dirs, files in os.walk(patient_dir):
-                dirs.sort()
-                dcm = sorted(Path(folder) / f for f in files if f.lower().endswith(".dcm"))
-                if dcm:
-                    yield patient_dir.name, Path(folder), dcm
+    def bind_images(self, path, header: int, size: int) -> None:
+        """Called by :func:`~ssl_lib.data.store.write_store`: with worker processes, they write the slices there."""
+        self._images = (str(path), int(header), int(size))
+
+    def series(self) -> list[tuple[str, Path, list[Path]]]:
+        """``(patient folder name, series folder, sorted .dcm files)`` for every series folder (listed once)."""
+        if self._series is None:
+            found = []
+            for patient_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                for folder, dirs, files in os.walk(patient_dir):
+                    dirs.sort()
+                    dcm = sorted(Path(folder) / f for f in files if f.lower().endswith(".dcm"))
+                    if dcm:
+                        found.append((patient_dir.name, Path(folder), dcm))
+            self._series = found
+        return self._series
+
+    def size_hint(self) -> int:
+        return sum(len(files) for _, _, files in self.series())
 
     def _records(self) -> Iterator[SliceRecord]:
-        found = False
-        for patient_folder, folder, files in self.series():
-            found = True
-            self.count("series")
-            yield from self._series_records(patient_folder, folder, files)
-        if not found:
+        listing = self.series()
+        if not listing:
             raise StoreError(f"{self.root}: no DICOM series found (expected <patient>/<study>/<series>/*.dcm)")
+        self.count("patients", len({p for p, _, _ in listing}))
+        n = resolve_workers(self.workers, self.size_hint())
+        self._slot = 0
+        direct = self._images is not None and n > 1 and self._images[2] == self.target_size
+        self._direct = (self._images[0], self._images[1]) if direct else None
+        with OrderedPool(n) as pool:
+            headers = pool.imap(_scan_files, ([[str(f) for f in files]] for _, _, files in listing), window=2 * n)
+            for (patient_folder, folder, files), scanned in zip(listing, headers):
+                self.count("series")
+                yield from self._series_records(pool, patient_folder, folder, files, scanned)
 
-    def _series_records(self, patient_folder: str, folder: Path, files: list[Path]) -> Iterator[SliceRecord]:
-        if len(files) <= self.min_series_images:
-            self.count("skipped_series_small")
-            return
+    def _series_records(self, pool: OrderedPool, patient_folder: str, folder: Path, files: list[Path],
+                        scanned: list) -> Iterator[SliceRecord]:
         series_key = self.hashed(folder.relative_to(self.root).as_posix())[:12]
         patient_hash = self.hashed(patient_folder)
 
@@ -97,36 +182,52 @@ class LidcReader(SourceReader):
             return f"{patient_hash}/{series_key}/file{i:04d}"
 
         headers = []
-        for i, path in enumerate(files):
-            try:
-                ds = read_dicom(path, pixels=False)
-                if not modality(ds):
-                    raise BadSource(path, "corrupt DICOM file or not an image (no Modality)")
-            except BadSource as err:
-                self.bad(err, safe_name(i))
+        for i, result in enumerate(scanned):
+            if isinstance(result, BadSource):
+                self.bad(result, safe_name(i))
                 continue
-            headers.append((i, path, ds))
+            headers.append((i, files[i], *result))
+        n_images = sum(len(fr) if isinstance(fr, list) else 1 for *_, fr in headers)
+        if len(files) <= self.min_series_images and n_images <= self.min_series_images:
+            self.count("skipped_series_small")
+            return
         if not headers:
             self.count("skipped_series_unreadable")
             return
-        if {modality(ds) for _, _, ds in headers} != {"CT"}:
+        if {mod for _, _, mod, _, _ in headers} != {"CT"}:
             self.count("skipped_series_non_ct")
             return
         usable = []
-        for i, path, ds in headers:
-            try:
-                rescale(ds, path)
-            except BadSource as err:
-                self.bad(err, safe_name(i))
+        for i, path, _, _, frames in headers:
+            if isinstance(frames, BadSource):
+                self.bad(frames, safe_name(i))
                 continue
-            usable.append(((i, path), ds))
-        patient = patient_id(headers[0][2]) or patient_folder
+            if len(frames) > 1:
+                self.count("multi_frame_files")
+            usable.extend(((i, str(path)), f) for f in frames)
+        patient = headers[0][3] or patient_folder
         self.count("series_read")
-        for number, ((i, path), _) in enumerate(sort_slices(usable)):
-            try:
-                hu = decode_hu(read_dicom(path), path)
-            except BadSource as err:
-                self.bad(err, safe_name(i))
+        ordered = sort_frames(usable)
+        size_known = self.target_size is not None
+        items = [(path, frame, self._slot + k) for k, ((_, path), frame) in enumerate(ordered)]
+        self._slot += len(items)
+        jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size, self._direct) for k in range(0, len(items), CHUNK))
+        results = (r for chunk in pool.imap(decode_slices, jobs) for r in chunk)
+        for number, (((i, _), _), result) in enumerate(zip(ordered, results)):
+            if isinstance(result, BadSource):
+                self.bad(result, safe_name(i))
                 continue
-            yield SliceRecord(pixels=hu_to_uint8(hu, hu_range=self.hu_range), patient=patient, label=-1,
-                              split="", source=f"{series_key}:{number:04d}")
+            pixels, sums = result
+            yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}",
+                              sums=sums if size_known else None, slot=items[number][2] if pixels is None else None)
+
+
+def _scan_files(paths: list[str]) -> list:
+    """Worker job: the headers of one series' files (:func:`scan_header` or its :class:`BadSource`)."""
+    out = []
+    for p in paths:
+        try:
+            out.append(scan_header(p))
+        except BadSource as err:
+            out.append(err)
+    return out
