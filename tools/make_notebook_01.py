@@ -45,7 +45,7 @@ image_size = 0                 # task image size; 0: the profile's
 skip_bad = False               # skip unreadable files (listed in skipped.csv) instead of stopping
 covid_patient = "prefix"       # COVID-CT patient rule: prefix (name before '%') | name (every file its own)
 covid_strict = False           # True: refuse patient keys that cross the official split (names every file)
-png16 = ""                     # 16-bit grey PNGs: "bits:12" (0..4095 -> 0..255) | "hu:1024" (HU = v - 1024); empty: error
+png16 = ""                     # 16-bit grey PNGs: bits:12 (values 0 to 4095) or hu:1024 (HU plus 1024); empty: an error
 workers = "auto"               # processes decoding DICOM: "auto" (one per core for large trees) or a number
 tasks = ""                     # labelled tasks as JSON; empty: the paper's covid, organs, brain. A user task:
 # '["covid", {"name": "liver", "reader": "folder", "source": "/data/liver", "class_names": ["no lesion", "lesion"]}]'
