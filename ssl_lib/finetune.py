@@ -13,7 +13,9 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
 
 * the store's slices for a task are read once into a uint8 tensor ``(N, 1, H, W)``
   (:class:`TaskData`); runs index it, nothing is decoded per epoch;
-* batches are normalised with the store's mean/std and repeated to 3 channels
+* batches are normalised with the mean/std of the run's training split (all of its slices, the
+  same at every fraction; :meth:`TaskData.normalised_by`, the paper's "mean and standard deviation
+  of the dataset" without its validation and test slices) and repeated to 3 channels
   (:func:`ssl_lib.data.store.normalize_batch`), flipped at random on the batch tensor;
 * the linear-only phase computes the frozen backbone's features once (of each slice and of its
   mirror image when flipping) and trains the head on them: the same result as running the
@@ -44,7 +46,6 @@ import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -153,9 +154,32 @@ def is_synthetic_store(store: SliceStore) -> bool:
     return bool(reader.get("synthetic")) or "synthetic" in json.dumps(reader).lower()
 
 
+def pixel_stats(images: torch.Tensor | np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the grey values ``/ 255`` of uint8 slices ``(N, 1, H, W)``.
+
+    Exact and independent of thread count (a 256-bin histogram, then float64 moments), so the
+    same slices always give bit-identical statistics.
+    """
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.dtype != np.uint8 or arr.size == 0:
+        raise ValueError(f"pixel_stats needs a non-empty uint8 array, got {arr.dtype} of size {arr.size}")
+    hist = np.bincount(arr.reshape(-1), minlength=256).astype(np.float64)
+    v = np.arange(256, dtype=np.float64) / 255.0
+    n = hist.sum()
+    mean = float((hist * v).sum() / n)
+    var = float((hist * (v - mean) ** 2).sum() / n)
+    return mean, float(np.sqrt(max(var, 1e-12)))
+
+
 @dataclass
 class TaskData:
-    """A task's store read once into memory: ``images`` uint8 ``(N, 1, S, S)`` for all slices."""
+    """A task's store read once into memory: ``images`` uint8 ``(N, 1, S, S)`` for all slices.
+
+    ``mean``/``std``: the normalisation of the grey values ``/ 255``. :func:`load_task_data`
+    sets the store's statistics (all its slices); a run always normalises with those of its
+    training split only (:meth:`normalised_by`, as :func:`finetune_run` does), so that no test or
+    validation slice enters a fitted quantity.
+    """
 
     spec: TaskSpec
     store: SliceStore
@@ -164,18 +188,27 @@ class TaskData:
     mean: float
     std: float
     synthetic: bool
+    images_hash: dict = field(default_factory=dict, repr=False)  # shared by the copies of normalised_by
 
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Hash of the slices in memory (the key of their cached features, :func:`frozen_features`)."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr((tuple(self.images.shape), self.mean, self.std)).encode())
-        h.update(self.images.contiguous().numpy().tobytes())
-        return h.hexdigest()
+        """Hash of the slices in memory and the normalisation (the key of their cached features, :func:`frozen_features`)."""
+        if "h" not in self.images_hash:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr(tuple(self.images.shape)).encode())
+            h.update(self.images.contiguous().numpy().tobytes())
+            self.images_hash["h"] = h.hexdigest()
+        return f"{self.images_hash['h']}-{self.mean!r}-{self.std!r}"
+
+    def normalised_by(self, indices: Sequence[int] | np.ndarray) -> "TaskData":
+        """This data normalised with the statistics of the slices ``indices`` (a run's training split)."""
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        mean, std = pixel_stats(self.images[idx])
+        return replace(self, mean=mean, std=std)
 
 
 def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: str | TaskSpec,
@@ -558,6 +591,9 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
     split: Split = task_splits(data.store, spec, seed=seed, fold=fold)
     labels = data.store.labels
     train_idx = reduce_indices(split.train, labels[split.train], fraction, seed, split.fold)
+    # normalisation from the training split only (every fraction of a split shares it, and so
+    # the cached frozen features); validation and test slices never enter a fitted quantity
+    data = data.normalised_by(split.train)
     enc = _resolve_init(init, output_dir, prof.arch, pretrain_epoch)
     torch.manual_seed(int(seed))
     model = apply_init(Classifier(prof.arch, spec.num_classes), enc)
