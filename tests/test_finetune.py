@@ -324,3 +324,12 @@ def test_cv_folds_do_not_depend_on_the_store_salt(tmp_path):
     assert len(folds[0]) == len(folds[1]) > 1
     for a, b in zip(*folds):
         assert all(np.array_equal(x, y) for x, y in ((a.train, b.train), (a.val, b.val), (a.test, b.test)))
+
+
+def test_grid_stop_rule_reads_the_profiles_metric(tmp_path, monkeypatch):
+    make_stores(tmp_path)
+    seen = []
+    monkeypatch.setattr(ft, "stop_reducing", lambda *a, **k: seen.append(k["metric"]) or True)
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0, stop_f1=0.7, stop_metric="f1_seed")
+    res = ft.run_grid(tmp_path, ["covid"], ["random"], fractions=[1.0, 0.5], seeds=[0], profile=prof, progress=False)
+    assert seen == ["f1_seed"] and list(res["fraction"]) == [1.0]

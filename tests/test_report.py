@@ -107,3 +107,10 @@ def test_headline_is_paired_by_run_with_spread():
     assert r["diff"] == pytest.approx(d.mean()) and r["diff_sd"] == pytest.approx(d.std(ddof=1))
     shown = report.headline(res)
     assert " ± " in shown.iloc[0]["pre-trained - random"] and shown.iloc[0]["portion"] == "100%"
+
+
+def test_stopping_table_reads_the_chosen_f1():
+    res = fake_results().assign(f1_seed=0.9)
+    assert not report.stopping_table(res).filter(like="stop").any().any()  # f1_seed (the paper's) by default
+    low = res.assign(f1=0.1)
+    assert report.stopping_table(low, metric="f1").filter(like="stop").all().all()
