@@ -9,10 +9,15 @@ so a step can be rerun alone (``--steps``).
 
 Steps run as soon as the steps they read from (``Step.after``) are done, up to ``jobs`` at a
 time (``--jobs``; default two on a CPU-only machine with two or more cores, else one): the four
-pre-trainings run two by two. Each step's notebook is executed by its own process, and every
-kernel gets an even share of the cores through ``OMP_NUM_THREADS``, so two single-threaded
-pre-trainings fill two cores where one two-threaded run leaves part of them idle (Python,
-data and plotting work is single-threaded). The largest steps (``Step.cost``) start first.
+pre-trainings run two by two. Each step's notebook is executed by its own process whose kernel
+gets a fixed share of the cores (``Step.share`` of ``os.cpu_count()``, through
+``OMP_NUM_THREADS``): half for a pre-training, all for the other steps. The share never depends
+on which steps run beside it or on ``--jobs``, because a CPU result depends on the thread count
+(the order of floating-point sums): the same seed on the same machine gives bit-identical
+encoders whatever the scheduling. Two single-threaded pre-trainings fill two cores where one
+two-threaded run leaves part of them idle (Python, data and plotting work is single-threaded).
+The threads each step used are recorded in the timings table. The largest steps
+(``Step.cost``) start first.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Step:
     """A notebook of the study: ``after`` names the steps whose outputs it reads; ``cost`` is a
-    relative size hint (among steps ready at once, the largest starts first)."""
+    relative size hint (among steps ready at once, the largest starts first); ``share``: the
+    fraction of the cores its kernel always gets (:func:`step_threads`)."""
 
     name: str
     notebook: str  # relative to the repository root
     after: tuple[str, ...] = ()
     cost: float = 1.0
+    share: float = 1.0
 
     @property
     def template(self) -> Path:
@@ -57,10 +64,10 @@ _PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spar
 #: Costs: the quick profile's minutes on 2 cores.
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "notebooks/01_preprocess.ipynb"),
-    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4),
-    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0),
-    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7),
-    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6),
+    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4, 0.5),
+    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0, 0.5),
+    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7, 0.5),
+    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6, 0.5),
     Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN),
     Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",)),  # reuses 06's runs
     Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",)),
@@ -87,6 +94,11 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
 
 
+def step_threads(step: Step, cpus: int | None = None) -> int:
+    """Threads of ``step``'s kernel: its ``share`` of the cores, at least one; fixed per machine."""
+    return max(1, int((cpus or os.cpu_count() or 1) * step.share))
+
+
 def _step_params(step: Step, paths: StudyPaths, profile: str, extra: dict | None) -> dict:
     params = {"profile": profile, "output_dir": str(paths.root.resolve())}
     accepted = _notebook_parameters(step.template)
@@ -100,11 +112,11 @@ class _Running:
     proc: subprocess.Popen
     error_file: Path
     start: float
-    threads: int | None
+    threads: int
 
 
 def _launch(step: Step, paths: StudyPaths, profile: str, extra: dict | None, log_output: bool,
-            threads: int | None) -> _Running:
+            threads: int) -> _Running:
     """Start executing ``step``'s notebook in a child process (its kernel limited to ``threads``)."""
     paths.notebooks.mkdir(parents=True, exist_ok=True)
     out_nb = paths.notebooks / Path(step.notebook).name
@@ -115,8 +127,7 @@ def _launch(step: Step, paths: StudyPaths, profile: str, extra: dict | None, log
     # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env[BATCH_ENV] = "1"  # browsers show a note, not live widgets (see ssl_lib.widgets)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "ssl_lib", "_notebook", str(step.template), str(out_nb), error_file,
            json.dumps(_step_params(step, paths, profile, extra))] + (["--log-output"] if log_output else [])
@@ -284,11 +295,10 @@ def run_study(output: str | os.PathLike, profile: str = "quick", steps: list[str
             while ready and len(running) < jobs:
                 step = ready.pop(0)
                 pending.remove(step)
-                # share the cores among the steps that run (or could run) now; a lone step gets all
-                share = min(jobs, len(running) + 1 + len(ready))
-                threads = max(1, cpus // share) if jobs > 1 else None
-                print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started"
-                      + (f" on {threads} thread(s)" if threads else "") + " ...", flush=True)
+                # a fixed share of the cores, whatever runs beside it: results do not depend on scheduling
+                threads = step_threads(step, cpus)
+                print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started on {threads} thread(s) ...",
+                      flush=True)
                 running.append(_launch(step, paths, profile, extra, log_output, threads))
             time.sleep(0.2)
             for run in [r for r in running if r.proc.poll() is not None]:
@@ -297,7 +307,7 @@ def run_study(output: str | os.PathLike, profile: str = "quick", steps: list[str
                 seconds = time.perf_counter() - run.start
                 done.add(run.step.name)
                 rows.append({"step": run.step.name, "start_s": round(run.start - t0, 1), "seconds": round(seconds, 1),
-                             "threads": run.threads or cpus, "profile": profile, "machine": machine})
+                             "threads": run.threads, "profile": profile, "machine": machine})
                 save()
                 print(f"    {run.step.name} done in {seconds / 60:.1f} min", flush=True)
     finally:
