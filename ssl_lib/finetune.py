@@ -31,9 +31,10 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
   :mod:`ssl_lib.precision`), channels-last tensors, asynchronous host-to-device copies and no
   per-step host-device sync (the epoch's loss is summed on the device and read once).
 
-Every run appends one row to ``StudyPaths.results`` (:data:`RESULT_COLUMNS`) and writes the
-model (``finetune/models``), per-epoch curves (``finetune/curves``) and per-slice test
-probabilities (``finetune/predictions``, for :mod:`ssl_lib.stats`).
+Every run appends one row to ``StudyPaths.results`` (:data:`RESULT_COLUMNS`) and writes
+per-epoch curves (``finetune/curves``) and per-slice test probabilities (``finetune/predictions``,
+for :mod:`ssl_lib.stats`); in a grid only the models that a later step reads are written
+(``finetune/models``; ``FinetuneProfile.keep_models``: the first seed at the largest fraction).
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class FinetuneProfile:
     :func:`select_pretrain_epoch`). ``channels_last``: channels-last model and batches (``None``:
     on CUDA only; ``True``: also on the CPU, where it speeds up ResNet18 at 64 px).
     ``precision``: ``"bf16-mixed"`` (bfloat16 autocast), ``"32-true"`` or ``"auto"`` (bf16-mixed on
-    CUDA, 32-true on the CPU).
+    CUDA, 32-true on the CPU). ``keep_models``: which fine-tuned models :func:`run_grid` writes:
+    ``"first"`` only those of the first seed at the largest fraction of each task and init (what
+    the Grad-CAM step reads; every run's curves, predictions and results row are always
+    written), ``"all"`` every run's.
     """
 
     name: str
@@ -106,6 +110,7 @@ class FinetuneProfile:
     eval_batch_size: int = 256
     channels_last: bool | None = True
     precision: str = "auto"
+    keep_models: str = "first"
 
     @property
     def epochs(self) -> int:
@@ -579,12 +584,13 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
                  fraction: float = 1.0, seed: int = 0, profile: str | FinetuneProfile = "quick",
                  fold: int | None = None, pretrain_epoch: int | str | None = None, data: TaskData | None = None,
                  device: str | torch.device = "cpu", save: bool = True, record: bool = True,
-                 progress: bool = False) -> dict:
+                 save_model: bool = True, progress: bool = False) -> dict:
     """One fine-tuning run: train on the (reduced) training split, select on val, test once.
 
     ``init``: ``"random"``, a method name (our encoder at ``pretrain_epoch``, default the last),
-    a released checkpoint path, or an :class:`EncoderInit`. With ``save`` model/curves/predictions
-    are written and (with ``record``) the row is appended to the results CSV. Returns the row
+    a released checkpoint path, or an :class:`EncoderInit`. With ``save`` curves/predictions (and
+    with ``save_model`` the model) are written and (with ``record``) the row is appended to the
+    results CSV. Returns the row
     (plus ``"_fit"``: the :class:`FitResult` and ``"_probs"``: test probabilities, not written).
     """
     prof = get_profile(profile)
@@ -624,19 +630,22 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
         "profile": prof.name, "arch": prof.arch, "image_size": data.image_size, "synthetic": data.synthetic,
     }
     if save:
-        _save_run(output_dir, spec, enc.name, fraction, seed, split, result, probs, y_test, data, row, prof)
+        _save_run(output_dir, spec, enc.name, fraction, seed, split, result, probs, y_test, data, row, prof,
+                  save_model)
         if record:
             append_result(StudyPaths(output_dir).results, row)
     return row | {"_fit": result, "_probs": probs}
 
 
-def _save_run(output_dir, spec, init_name, fraction, seed, split, result, probs, y_test, data, row, prof) -> None:
-    """Write a run's model, curves and test predictions (not its results row)."""
+def _save_run(output_dir, spec, init_name, fraction, seed, split, result, probs, y_test, data, row, prof,
+              save_model: bool = True) -> None:
+    """Write a run's model (with ``save_model``), curves and test predictions (not its results row)."""
     fold = split.fold
-    save_classifier(result.model, run_file(output_dir, "models", spec.name, init_name, fraction, seed, fold),
-                    task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed), fold=int(fold),
-                    mean=data.mean, std=data.std, image_size=data.image_size, class_names=list(spec.class_names),
-                    profile=prof.name, pretrain_epoch=row["pretrain_epoch"])
+    if save_model:
+            save_classifier(result.model, run_file(output_dir, "models", spec.name, init_name, fraction, seed, fold),
+                        task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed), fold=int(fold),
+                        mean=data.mean, std=data.std, image_size=data.image_size,
+                        class_names=list(spec.class_names), profile=prof.name, pretrain_epoch=row["pretrain_epoch"])
     curves = run_file(output_dir, "curves", spec.name, init_name, fraction, seed, fold)
     curves.parent.mkdir(parents=True, exist_ok=True)
     result.curves.assign(task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed),
@@ -728,7 +737,7 @@ def _grid_group(output_dir: str, prof: FinetuneProfile, device: str, jobs: list[
             _WORKER_DATA[key] = load_task_data(output_dir, j["task"], prof.image_size)
         row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
                            pretrain_epoch=j["pretrain_epoch"], data=_WORKER_DATA[key], device=device, save=True,
-                           record=False)
+                           record=False, save_model=j["save_model"])
         rows.append({k: v for k, v in row.items() if not k.startswith("_")})
     return rows
 
@@ -839,11 +848,16 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
         for j in jobs:
             row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
                                pretrain_epoch=j["pretrain_epoch"], data=task_data(j["task"]), device=device,
-                               save=True, record=False)
+                               save=True, record=False, save_model=j["save_model"])
             on_done(j, {k: v for k, v in row.items() if not k.startswith("_")})
 
+    if prof.keep_models not in ("first", "all"):
+        raise ValueError(f"keep_models must be 'first' or 'all', got {prof.keep_models!r}")
+
     def job(t: str, f: float, i: str, s: int) -> dict:
-        return {"task": t, "init": i, "fraction": f, "seed": s, "key": (t, names[i], f, s, fold_of(t, s), prof.name)}
+        keep = prof.keep_models == "all" or (f == plan[t][0] and s == seeds[0])
+        return {"task": t, "init": i, "fraction": f, "seed": s, "key": (t, names[i], f, s, fold_of(t, s), prof.name),
+                "save_model": keep}
 
     if stop is None:  # no stopping rule: every run is known up front, one batch
         execute([job(t, f, i, s) for t in tasks for f in plan[t] for i in inits for s in seeds])

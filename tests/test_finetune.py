@@ -244,7 +244,15 @@ def test_grid_on_worker_processes_matches_serial(tmp_path):
     pd.testing.assert_frame_equal(a[key], b[key])
     for col in ("accuracy", "auc", "f1", "train_size", "best_epoch"):
         np.testing.assert_allclose(a[col].astype(float), b[col].astype(float), atol=1e-6, err_msg=col)
-    assert ft.run_file(tmp_path / "b", "models", "brain", "byol", 0.5, 1, 1).is_file()
+    for out in ("a", "b"):  # only the models Grad-CAM reads: the first seed at the largest fraction
+        models = sorted(p.relative_to(StudyPaths(tmp_path / out).finetune / "models").as_posix()
+                        for p in (StudyPaths(tmp_path / out).finetune / "models").rglob("*.pt"))
+        assert models == ["brain/byol/f1.0_s0_k0.pt", "brain/random/f1.0_s0_k0.pt", "covid/byol/f1.0_s0.pt",
+                          "covid/random/f1.0_s0.pt"]
+        assert ft.run_file(tmp_path / out, "predictions", "brain", "byol", 0.5, 1, 1).is_file()
+    keep_all = ft.run_grid(tmp_path / "c", ["covid"], ["random"], [0.5], [1], ft.get_profile(prof, keep_models="all"),
+                           progress=False) if make_stores(tmp_path / "c") is None else None
+    assert len(keep_all) == 1 and ft.run_file(tmp_path / "c", "models", "covid", "random", 0.5, 1).is_file()
     again = ft.run_grid(tmp_path / "b", workers=2, **kw)  # resumable: nothing left to run
     assert len(again) == 16
     with pytest.raises(ValueError, match="workers"):
