@@ -27,7 +27,7 @@ def _study(out):
     ft.run_grid(out, ["covid", "brain"], ["random", "mocov2"], fractions=[1.0, 0.5], seeds=[0, 1], profile="smoke",
                 workers=1, progress=False)
     explain.run_gradcam(out, "covid", 1.0, 0, profile="smoke")
-    explain.run_gradcam(out, "brain", 1.0, 1, profile="smoke", fold=1)
+    explain.run_gradcam(out, "brain", 1.0, 0, profile="smoke", fold=0)
     return result
 
 
@@ -64,7 +64,7 @@ def test_results_tables_are_bit_identical(twice):
 
 
 def test_heat_maps_are_bit_identical(twice):
-    for task, seed, fold in (("covid", 0, -1), ("brain", 1, 1)):
+    for task, seed, fold in (("covid", 0, -1), ("brain", 0, 0)):
         ha, hb = (explain.HeatMaps.load(explain.cache_path(o, task, 1.0, seed, fold)) for o in twice)
         assert ha.inits == hb.inits == ["random", "mocov2"] and np.array_equal(ha.indices, hb.indices)
         for init in ha.inits:
