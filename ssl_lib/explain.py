@@ -9,7 +9,8 @@ of the same image, averaged over the test set (they report means of 0.02-0.07).
 This module does that and adds what the paper leaves out:
 
 - :func:`gradcam_maps`: Grad-CAM of one model at its last ResNet stage (``model.target_layer``
-  = ``backbone.layer4[-1]``) for a batch of images; float32 ``(N, H, W)`` in ``[0, 1]`` at the
+  = ``backbone.layer4[-1]``; the profiles may choose another stage and enlarge small images
+  first, see :data:`PROFILES`) for a batch of images; float32 ``(N, H, W)`` in ``[0, 1]`` at the
   input's size (``pytorch_grad_cam`` min-max scales each map; an all-zero map stays zero).
 - :func:`gradcam_for_inits`: the maps of every initialisation's fine-tuned model on the same
   test images, cached as ``StudyPaths.gradcam / f"{task}_f{fraction}_s{seed}.npz"``
@@ -62,19 +63,28 @@ class ExplainError(ValueError):
 @dataclass(frozen=True)
 class ExplainProfile:
     """``max_images``: cap on test images explained (None = all); ``tolerance``: pointing-game
-    tolerance in pixels (Zhang et al. use 15 px at 224 px); ``n_boot``: bootstrap resamples."""
+    tolerance in pixels (Zhang et al. use 15 px at 224 px); ``n_boot``: bootstrap resamples;
+    ``input_size``: smaller images (and masks) are enlarged to this size before Grad-CAM (None:
+    as stored); ``stage``: the ResNet stage whose last block Grad-CAM reads."""
 
     max_images: int | None
     batch_size: int
     n_boot: int
     tolerance: int
+    input_size: int | None = None
+    stage: str = "layer4"
 
 
+#: The quick profile fine-tunes at 64 px, where the last stage (layer4, stride 32) is a 2 x 2
+#: grid: a map cannot point at anything. Its Grad-CAM enlarges the test images to 128 px and
+#: reads layer3 (stride 16), an 8 x 8 grid, about the 7 x 7 of the paper's layer4 at 224 px.
 PROFILES = {
     "smoke": ExplainProfile(max_images=16, batch_size=8, n_boot=200, tolerance=2),
-    "quick": ExplainProfile(max_images=128, batch_size=32, n_boot=1000, tolerance=4),
+    "quick": ExplainProfile(max_images=128, batch_size=32, n_boot=1000, tolerance=8, input_size=128,
+                            stage="layer3"),
     "paper": ExplainProfile(max_images=None, batch_size=32, n_boot=2000, tolerance=15),
 }
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _label(init: str) -> str:
@@ -247,12 +257,11 @@ class HeatMaps:
         """Per method: images, accuracy, mean probability of the explained class, constant maps."""
         rows = []
         for init, m in self.maps.items():
-            flat = m.reshape(len(m), -1)
             rows.append({
                 "method": _label(init), "n": len(m),
                 "accuracy": float(np.mean(self.preds[init] == self.labels)) if init in self.preds and len(m) else np.nan,
                 "mean_prob_target": float(np.mean(self.probs[init])) if init in self.probs and len(m) else np.nan,
-                "constant_maps": int(np.sum(np.ptp(flat, axis=1) <= _CONST_EPS)) if len(m) else 0,
+                "constant_maps": _n_constant(m),
             })
         return pd.DataFrame(rows)
 
@@ -336,7 +345,8 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
                       indices: Sequence[int] | None = None, inits: Sequence[str] | None = None, *,
                       target: str = "auto", split: str = "test", max_images: int | None = None,
                       batch_size: int = 32, device: str | torch.device | None = None,
-                      fold: int = -1, use_cache: bool = True, progress: bool = False) -> HeatMaps:
+                      fold: int = -1, use_cache: bool = True, input_size: int | None = None,
+                      stage: str = "layer4", progress: bool = False) -> HeatMaps:
     """Grad-CAM maps of each init's fine-tuned model on the same ``task`` test images.
 
     Models: ``model_path(output_dir, task, init, fraction, seed, fold)``; ``inits=None`` takes
@@ -346,7 +356,9 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     fold of :func:`ssl_lib.tasks.task_splits` instead of ``split``. ``target``: ``"auto"`` (the
     finding, class 1, for binary tasks; the true class otherwise), ``"positive"``, ``"true"`` or
     ``"predicted"``. Each model is run with the mean/std it was fine-tuned with (its saved info;
-    the store's as a fallback).
+    the store's as a fallback). ``input_size``: images smaller than this are enlarged (bilinear;
+    masks nearest) before Grad-CAM; ``stage``: the ResNet stage (``layer1`` ... ``layer4``) whose
+    last block is the target layer.
 
     Cached in ``cache_path(...)`` (one file per task, fraction, seed, fold: the last call wins); the
     cache is reused only if it was made from the same models (file time and size), images, inits
@@ -356,6 +368,8 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
 
     if target not in TARGET_MODES:
         raise ExplainError(f"target must be one of {TARGET_MODES}, got {target!r}")
+    if stage not in STAGES:
+        raise ExplainError(f"stage must be one of {STAGES}, got {stage!r}")
     paths = StudyPaths(output_dir)
     store_dir = paths.store(task)
     try:
@@ -391,7 +405,7 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     if len(idx) == 0:
         raise ExplainError(f"{store_dir}: no images to explain in split {split!r}")
     meta = {"fraction": float(fraction), "seed": int(seed), "fold": int(fold), "target": target,
-            "models": {i: _signature(f) for i, f in files.items()}}
+            "models": {i: _signature(f) for i, f in files.items()}, "input_size": input_size, "stage": stage}
     cache = cache_path(output_dir, task, fraction, seed, fold)
     if use_cache and cache.is_file():
         try:
@@ -409,6 +423,8 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         order = np.argsort(idx, kind="stable")
         masks = np.empty_like(images)
         masks[order] = store.masks[idx[order]]
+    if input_size is not None and images.shape[-1] < input_size:
+        images, masks = enlarge(images, input_size), None if masks is None else enlarge(masks, input_size, nearest=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     heat = HeatMaps(images=images, labels=labels, masks=masks, maps={}, indices=idx, task=task,
@@ -418,11 +434,40 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         mean, std = float(info.get("mean", store.mean)), float(info.get("std", store.std))
         tmode = {"positive": 1, "true": labels, "predicted": "predicted"}[target]
         m, t, p, pr = _explain(model, images, tmode, mean=mean, std=std, batch_size=batch_size,
-                               device=device, progress=progress)
+                               target_layer=getattr(model.backbone, stage)[-1], device=device, progress=progress)
         heat.maps[init], heat.targets[init], heat.probs[init], heat.preds[init] = m, t, p, pr
     if use_cache:
         heat.save(cache)
     return heat
+
+
+def enlarge(images: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """uint8 ``(N, H, W)`` resized to ``(N, size, size)`` (bilinear, or nearest for masks)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None]
+    mode = {"mode": "nearest"} if nearest else {"mode": "bilinear", "align_corners": False}
+    y = torch.nn.functional.interpolate(x, size=(size, size), **mode)
+    return y[:, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _n_constant(maps: np.ndarray) -> int:
+    """How many of the maps ``(N, H, W)`` are constant (max - min <= 1e-6)."""
+    return int(np.sum(np.ptp(maps.reshape(len(maps), -1), axis=1) <= _CONST_EPS)) if len(maps) else 0
+
+
+def dropped_maps(heat: HeatMaps) -> pd.DataFrame:
+    """Maps the correlation and localisation analyses leave out, per method, and why.
+
+    A constant map (Grad-CAM found no positive evidence for the explained class: all zero after
+    its ReLU) has no defined correlation and no energy to place; columns: method, n, constant,
+    share, reason.
+    """
+    rows = []
+    for init, m in heat.maps.items():
+        n_const = _n_constant(m)
+        rows.append({"method": _label(init), "n": len(m), "constant": n_const,
+                     "share": n_const / len(m) if len(m) else np.nan,
+                     "reason": "constant map: no positive Grad-CAM evidence for the explained class"})
+    return pd.DataFrame(rows, columns=["method", "n", "constant", "share", "reason"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -603,6 +648,11 @@ class GradCamResult:
     localisation: pd.DataFrame
     files: dict[str, Path]
 
+    @property
+    def dropped(self) -> pd.DataFrame:
+        """Maps left out of the correlation and localisation, per method, and why (:func:`dropped_maps`)."""
+        return dropped_maps(self.heat)
+
 
 def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float = 1.0, seed: int = 0,
                 profile: str = "quick", inits: Sequence[str] | None = None, *, target: str = "auto",
@@ -625,7 +675,8 @@ def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float =
         raise ExplainError(f"unknown profile {profile!r}; choose one of {tuple(PROFILES)}")
     prof = PROFILES[profile]
     heat = gradcam_for_inits(output_dir, task, fraction, seed, inits=inits, target=target, fold=fold,
-                             max_images=prof.max_images, batch_size=prof.batch_size, progress=progress)
+                             max_images=prof.max_images, batch_size=prof.batch_size, input_size=prof.input_size,
+                             stage=prof.stage, progress=progress)
     corr = correlation_table(heat, n_boot=prof.n_boot, seed=seed)
     loc = localisation_table(heat, tolerance=prof.tolerance, n_boot=prof.n_boot, seed=seed)
     stem = cache_path(output_dir, task, fraction, seed, fold).with_suffix("")

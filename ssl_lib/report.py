@@ -149,6 +149,43 @@ def table2_vs_paper(results: pd.DataFrame, *, fraction: float = 1.0) -> pd.DataF
     return table.reindex(order)
 
 
+def headline(results: pd.DataFrame, metric: str = "auc", *, numeric: bool = False) -> pd.DataFrame:
+    """Pre-trained minus random init per task at 100 % and at the task's smallest fraction.
+
+    Paired by run (seed, fold): ``diff`` is the mean of the per-run differences and ``diff_sd``
+    their SD. ``numeric=False`` gives "mean ± SD" strings for the book; ``numeric=True`` the
+    numbers (task, fraction, init, random, random_sd, mean, sd, diff, diff_sd, n).
+    """
+    rows = []
+    if results.empty:
+        return pd.DataFrame()
+    res = results.drop_duplicates(["task", "init", "fraction", "seed", "fold"], keep="last")
+    for task, grp in res.groupby("task", sort=False):
+        fr = sorted({float(f) for f in grp["fraction"]})
+        for fraction in dict.fromkeys([1.0 if 1.0 in fr else fr[-1], fr[0]]):
+            g = grp[np.isclose(grp["fraction"].astype(float), fraction)]
+            base = g[g["init"] == "random"].set_index(["seed", "fold"])[metric].astype(float)
+            if base.empty:
+                continue
+            for init in _order_inits(g["init"]):
+                if init == "random":
+                    continue
+                v = g[g["init"] == init].set_index(["seed", "fold"])[metric].astype(float)
+                d = (v - base).dropna()
+                rows.append({"task": task, "fraction": fraction, "init": init, "random": base.mean(),
+                             "random_sd": base.std(ddof=1), "mean": v.mean(), "sd": v.std(ddof=1),
+                             "diff": d.mean(), "diff_sd": d.std(ddof=1), "n": len(d)})
+    out = pd.DataFrame(rows)
+    if numeric or out.empty:
+        return out
+    return pd.DataFrame({
+        "task": out["task"].map(lambda t: TASK_LABELS.get(t, t)), "portion": (out["fraction"] * 100).map("{:g}%".format),
+        "init": out["init"].map(lambda i: INIT_LABELS.get(i, i)),
+        f"random {metric.upper()}": [_fmt(m, s) for m, s in zip(out["random"], out["random_sd"])],
+        f"pre-trained {metric.upper()}": [_fmt(m, s) for m, s in zip(out["mean"], out["sd"])],
+        "pre-trained - random": [_fmt(m, s) for m, s in zip(out["diff"], out["diff_sd"])], "runs": out["n"]})
+
+
 # ----------------------------------------------------------------------------- Table 3
 def table3(results: pd.DataFrame) -> pd.DataFrame:
     """Table 3: training set size per task and fraction ("N (≈ k per class)"), beside the paper's.
@@ -175,12 +212,16 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["_t", "fraction"], ascending=[True, False]).drop(columns=["_t", "fraction"]).reset_index(drop=True)
 
 
-def stopping_table(results: pd.DataFrame, threshold: float = STOP_F1) -> pd.DataFrame:
-    """Mean F1 per task, fraction and pre-training init, and whether the paper's rule stops there."""
+def stopping_table(results: pd.DataFrame, threshold: float = STOP_F1, metric: str = "f1_seed") -> pd.DataFrame:
+    """Mean ``metric`` per task, fraction and pre-training init, and whether the paper's rule stops there.
+
+    ``metric``: ``"f1_seed"`` (default), the F1 of the authors' code that the paper's rule read, or
+    ``"f1"`` (ours).
+    """
     res = results[results["init"] != "random"]
     if res.empty:
         return pd.DataFrame(columns=["task", "fraction", "stop"])
-    means = res.groupby(["task", "fraction", "init"])["f1"].mean().unstack("init")
+    means = res.groupby(["task", "fraction", "init"])[metric].mean().unstack("init")
     means["stop (all < %.2f)" % threshold] = (means < threshold).all(axis=1)
     return means.reset_index()
 
@@ -273,21 +314,45 @@ def plot_confusion(predictions: pd.DataFrame, class_names: Sequence[str] | None 
 
 # ----------------------------------------------------------------------------- statistics
 def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.DataFrame:
-    """Readable view of :func:`ssl_lib.stats.compare_inits`: difference, 95 % CI, Holm p, verdict."""
+    """Readable view of :func:`ssl_lib.stats.compare_inits`.
+
+    Means ± SD over runs, the difference with its 95 % t-interval over runs and the Holm-adjusted
+    paired t-test p (the decision), the test-case bootstrap interval (description) and the verdict.
+    """
     if comparisons.empty:
         return comparisons
-    c = comparisons[comparisons["holds"]] if only_holding else comparisons
+    c = comparisons[comparisons["holds"].astype(bool)] if only_holding else comparisons
+
+    def ci(lo, hi):
+        return [("n/a" if pd.isna(a) or pd.isna(b) else f"[{a:+.3f}, {b:+.3f}]") for a, b in zip(lo, hi)]
+
     out = pd.DataFrame({
         "task": c["task"].map(lambda t: TASK_LABELS.get(t, t)), "portion": (c["fraction"] * 100).map("{:g}%".format),
         "metric": c["metric"], "A": c["init_a"].map(lambda i: INIT_LABELS.get(i, i)),
         "B": c["init_b"].map(lambda i: INIT_LABELS.get(i, i)), "runs": c["n_runs"],
+        "A (mean ± SD)": [_fmt(m, s) for m, s in zip(c["mean_a"], c["sd_a"])] if "sd_a" in c else c["mean_a"],
+        "B (mean ± SD)": [_fmt(m, s) for m, s in zip(c["mean_b"], c["sd_b"])] if "sd_b" in c else c["mean_b"],
         "A - B": c["diff"].map("{:+.3f}".format),
-        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(c["ci_low"], c["ci_high"])],
-        "p (bootstrap, Holm)": c["p_boot_holm"].map("{:.3g}".format),
+        "95% CI (runs)": ci(c["ci_low"], c["ci_high"]),
         "p (paired t, Holm)": c["p_ttest_holm"].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}"),
+        "95% CI (test cases only)": ci(c["case_ci_low"], c["case_ci_high"]) if "case_ci_low" in c else "n/a",
         "verdict": c["verdict"],
     })
     return out.reset_index(drop=True)
+
+
+def claims(comparisons: pd.DataFrame) -> list[str]:
+    """One sentence per difference that holds (Holm-adjusted paired t-test over runs), nothing else."""
+    if comparisons.empty:
+        return []
+    out = []
+    for r in comparisons[comparisons["holds"].astype(bool)].itertuples(index=False):
+        win, lose = (r.init_a, r.init_b) if r.diff > 0 else (r.init_b, r.init_a)
+        out.append(f"{TASK_LABELS.get(r.task, r.task)}, {r.fraction * 100:g} % of the training data: "
+                   f"{INIT_LABELS.get(win, win)} beats {INIT_LABELS.get(lose, lose)} in {r.metric.upper()} by "
+                   f"{abs(r.diff):.3f} (95 % CI over runs [{min(abs(r.ci_low), abs(r.ci_high)):.3f}, "
+                   f"{max(abs(r.ci_low), abs(r.ci_high)):.3f}], {r.n_runs} paired runs, Holm p = {r.p_ttest_holm:.3g}).")
+    return out
 
 
 def save_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:

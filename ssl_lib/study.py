@@ -9,10 +9,15 @@ so a step can be rerun alone (``--steps``).
 
 Steps run as soon as the steps they read from (``Step.after``) are done, up to ``jobs`` at a
 time (``--jobs``; default two on a CPU-only machine with two or more cores, else one): the four
-pre-trainings run two by two. Each step's notebook is executed by its own process, and every
-kernel gets an even share of the cores through ``OMP_NUM_THREADS``, so two single-threaded
-pre-trainings fill two cores where one two-threaded run leaves part of them idle (Python,
-data and plotting work is single-threaded). The largest steps (``Step.cost``) start first.
+pre-trainings run two by two. Each step's notebook is executed by its own process whose kernel
+gets a fixed share of the cores (``Step.share`` of ``os.cpu_count()``, through
+``OMP_NUM_THREADS``): half for a pre-training, all for the other steps. The share never depends
+on which steps run beside it or on ``--jobs``, because a CPU result depends on the thread count
+(the order of floating-point sums): the same seed on the same machine gives bit-identical
+encoders whatever the scheduling. Two single-threaded pre-trainings fill two cores where one
+two-threaded run leaves part of them idle (Python, data and plotting work is single-threaded).
+The threads each step used are recorded in the timings table. The largest steps
+(``Step.cost``) start first.
 
 The runner never loses the user's work (issue 16):
 
@@ -67,13 +72,15 @@ __all__ = ["STEPS", "Step", "StudyError", "StudyInterrupted", "run_study", "chec
 class Step:
     """A notebook of the study: ``after`` names the steps whose outputs it reads; ``cost`` is a
     relative size hint (among steps ready at once, the largest starts first); ``outputs`` are the
-    paths under the output folder it writes besides its executed notebook."""
+    paths under the output folder it writes besides its executed notebook; ``share``: the
+    fraction of the cores its kernel always gets (:func:`step_threads`)."""
 
     name: str
     notebook: str  # relative to the repository root
     after: tuple[str, ...] = ()
     cost: float = 1.0
     outputs: tuple[str, ...] = ()
+    share: float = 1.0
 
     @property
     def template(self) -> Path:
@@ -91,10 +98,10 @@ _PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spar
 #: Costs: the quick profile's minutes on 2 cores.
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
-    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4, ("pretrain/byol",)),
-    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0, ("pretrain/swav",)),
-    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7, ("pretrain/mocov2",)),
-    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6, ("pretrain/spark",)),
+    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4, ("pretrain/byol",), 0.5),
+    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0, ("pretrain/swav",), 0.5),
+    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7, ("pretrain/mocov2",), 0.5),
+    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6, ("pretrain/spark",), 0.5),
     Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN, outputs=("finetune",)),
     Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
     Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
@@ -244,6 +251,11 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
 def default_jobs() -> int:
     """Steps run side by side by default: 2 on a CPU-only machine with 2+ cores, else 1 (a GPU is not shared)."""
     return 1 if _has_gpu() or (os.cpu_count() or 1) < 2 else 2
+
+
+def step_threads(step: Step, cpus: int | None = None) -> int:
+    """Threads of ``step``'s kernel: its ``share`` of the cores, at least one; fixed per machine."""
+    return max(1, int((cpus or os.cpu_count() or 1) * step.share))
 
 
 def _step_params(step: Step, root: Path, profile: str, extra: dict | None) -> dict:
@@ -419,14 +431,14 @@ class _Running:
     proc: subprocess.Popen
     error_file: Path
     start: float
-    threads: int | None
+    threads: int
 
 
 #: The runner's pid, for its step processes' parent-death signal.
 _RUNNER_PID_ENV = "SSL_CT_RUNNER_PID"
 
 
-def _launch(planned: _Planned, folder: RunFolder, log_output: bool, threads: int | None) -> _Running:
+def _launch(planned: _Planned, folder: RunFolder, log_output: bool, threads: int) -> _Running:
     """Start executing a step's notebook in a child process in a session of its own (its kernel
     limited to ``threads``); its scratch files (error file, kernels' connection files) go to the
     folder's scratch folder."""
@@ -444,8 +456,7 @@ def _launch(planned: _Planned, folder: RunFolder, log_output: bool, threads: int
     folder.system_tmp.mkdir(parents=True, exist_ok=True)
     env["TMPDIR"] = str(folder.system_tmp)  # kernels' connection files: removed by the next run if left
     env[_RUNNER_PID_ENV] = str(os.getpid())
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "ssl_lib", "_notebook", str(step.template), str(out_nb), str(error_file),
            json.dumps(planned.params)] + (["--log-output"] if log_output else [])
@@ -793,15 +804,14 @@ def _run_steps(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], 
                 planned = ready.pop(0)
                 pending.remove(planned)
                 step = planned.step
-                # share the cores among the steps that run (or could run) now; a lone step gets all
-                share = min(jobs, len(running) + 1 + len(ready))
-                threads = max(1, cpus // share) if jobs > 1 else None
+                # a fixed share of the cores, whatever runs beside it: results do not depend on scheduling
+                threads = step_threads(step, cpus)
                 folder.claim([*step.outputs, step.executed])
                 records[step.name] = {"identity": planned.identity, "fp": planned.fp, "params": planned.shown,
                                       "state": "running", "outputs": list(step.outputs)}
                 folder.save()
                 print(f"[{n - len(pending)}/{n}] {step.name} ({step.notebook}) started ({planned.why})"
-                      + (f" on {threads} thread(s)" if threads else "") + " ...", flush=True)
+                      f" on {threads} thread(s) ...", flush=True)
                 running.append(_launch(planned, folder, log_output, threads))
             time.sleep(0.2)
             for run in [r for r in running if r.proc.poll() is not None]:
@@ -810,7 +820,7 @@ def _run_steps(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], 
                 seconds = time.perf_counter() - run.start
                 done.add(run.step.name)
                 row = {"start_s": round(run.start - t0, 1), "seconds": round(seconds, 1),
-                       "threads": run.threads or cpus, "profile": profile, "machine": machine, "run": run_id}
+                       "threads": run.threads, "profile": profile, "machine": machine, "run": run_id}
                 rec = records[run.step.name]
                 rec.update(state="done", timing=row,
                            outputs=[r for r in run.step.outputs if (folder.root / r).exists()])

@@ -17,7 +17,8 @@ the paper get the reduction fractions :data:`USER_FRACTIONS` (100/75/50/25/10 %)
 
 Runs of a CV task: run ``seed`` uses fold ``seed % n_folds``, so five seeds are the paper's
 five folds; every init sees the same fold for the same seed (paired comparisons). The fold
-partition itself is fixed by ``cv_seed`` and never depends on the run seed.
+partition itself is fixed by ``cv_seed`` and the store's slice order, and never depends on the run
+seed or on the salt of the store's patient hashes (new with every build).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data.store import SliceStore, StoreError
@@ -295,7 +297,9 @@ def cv_splits(store: SliceStore, spec: TaskSpec) -> list[Split]:
     Each training fold gives ``val_fraction`` of its patients (stratified) to validation.
     """
     idx = np.flatnonzero(store.labels >= 0)
-    y, groups = store.labels[idx], store.patients[idx]
+    # patients as numbers in order of their first slice in the store, not their salted hashes:
+    # a store build draws a fresh salt, and folds must not change with it (same slices, same folds)
+    y, groups = store.labels[idx], pd.factorize(store.patients[idx])[0]
     out = []
     for k, (rest, test) in enumerate(_group_kfold(y, groups, spec.n_folds, spec.cv_seed)):
         n_val_splits = max(2, int(round(1 / spec.val_fraction)))

@@ -87,7 +87,8 @@ def test_best_validation_state_is_kept(study):
     assert row["best_epoch"] == curves.loc[curves["val_accuracy"].idxmax(), "epoch"] or \
         curves.loc[curves["epoch"] == row["best_epoch"], "val_accuracy"].item() == curves["val_accuracy"].max()
     split = ft.task_splits(data.store, "covid")
-    val = ft.predict_proba(fit.model, data.images[torch.from_numpy(split.val)], data.mean, data.std)
+    norm = data.normalised_by(split.train)  # the run's normalisation: its training split's statistics
+    val = ft.predict_proba(fit.model, data.images[torch.from_numpy(split.val)], norm.mean, norm.std)
     best = curves.set_index("epoch").loc[row["best_epoch"]]
     assert compute_metrics(data.store.labels[split.val], val)["accuracy"] == pytest.approx(best["val_accuracy"])
     assert row["val_accuracy"] == pytest.approx(best["val_accuracy"])
@@ -243,7 +244,15 @@ def test_grid_on_worker_processes_matches_serial(tmp_path):
     pd.testing.assert_frame_equal(a[key], b[key])
     for col in ("accuracy", "auc", "f1", "train_size", "best_epoch"):
         np.testing.assert_allclose(a[col].astype(float), b[col].astype(float), atol=1e-6, err_msg=col)
-    assert ft.run_file(tmp_path / "b", "models", "brain", "byol", 0.5, 1, 1).is_file()
+    for out in ("a", "b"):  # only the models Grad-CAM reads: the first seed at the largest fraction
+        models = sorted(p.relative_to(StudyPaths(tmp_path / out).finetune / "models").as_posix()
+                        for p in (StudyPaths(tmp_path / out).finetune / "models").rglob("*.pt"))
+        assert models == ["brain/byol/f1.0_s0_k0.pt", "brain/random/f1.0_s0_k0.pt", "covid/byol/f1.0_s0.pt",
+                          "covid/random/f1.0_s0.pt"]
+        assert ft.run_file(tmp_path / out, "predictions", "brain", "byol", 0.5, 1, 1).is_file()
+    keep_all = ft.run_grid(tmp_path / "c", ["covid"], ["random"], [0.5], [1], ft.get_profile(prof, keep_models="all"),
+                           progress=False) if make_stores(tmp_path / "c") is None else None
+    assert len(keep_all) == 1 and ft.run_file(tmp_path / "c", "models", "covid", "random", 0.5, 1).is_file()
     again = ft.run_grid(tmp_path / "b", workers=2, **kw)  # resumable: nothing left to run
     assert len(again) == 16
     with pytest.raises(ValueError, match="workers"):
@@ -263,3 +272,72 @@ def test_auto_workers_one_on_cuda_one_per_thread_on_cpu(monkeypatch):
     assert ft.resolve_workers("auto", "cpu") == 2 and ft.resolve_workers("auto", "cuda") == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     assert ft.resolve_workers("auto", "cpu") == 4 and ft.resolve_workers(3, "cpu") == 3
+
+
+def _brightened(records, sources, delta=60):
+    for r in records:
+        if r.source in sources:
+            r.pixels = np.clip(r.pixels.astype(int) + delta, 0, 255).astype(np.uint8)
+        yield r
+
+
+@pytest.mark.parametrize("task", ["covid", "brain"])
+def test_changing_only_test_images_leaves_training_bit_identical(tmp_path, task):
+    """No test slice enters a fitted quantity: normalisation, weights, curves, chosen epoch."""
+    rows, test_sources = {}, set()
+    for variant in ("plain", "bright"):
+        out = tmp_path / variant
+        records = _brightened(_records(24 if task == "covid" else 30, 2, task == "covid"), test_sources)
+        write_store(records, StudyPaths(out).store(task), size=32, name=task, task="binary",
+                    class_names=["NonCOVID", "COVID"] if task == "covid" else ["no hemorrhage", "hemorrhage"])
+        export_encoders(out, "spark", [1])
+        rows[variant] = ft.finetune_run(out, task, "spark", seed=0, profile=ft.get_profile(PROFILE, full_epochs=2),
+                                        save=True)
+        store = ft.load_task_data(out, task).store  # the slices this run (seed 0; brain: fold 0) tests on
+        sources = set(store.manifest["source"].to_numpy()[ft.task_splits(store, task, seed=0).test])
+        if variant == "plain":
+            test_sources = sources
+        else:  # the folds do not depend on the store build: the same slices are tested
+            assert sources == test_sources and len(sources) > 0
+    a, b = rows["plain"], rows["bright"]
+    ca, cb = (r["_fit"].curves.drop(columns="time_s") for r in (a, b))
+    pd.testing.assert_frame_equal(ca, cb, check_exact=True)  # every loss and validation metric, bit for bit
+    assert a["best_epoch"] == b["best_epoch"]
+    sa, sb = a["_fit"].model.state_dict(), b["_fit"].model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    _, ia = load_classifier(ft.run_file(tmp_path / "plain", "models", task, "spark", 1.0, 0, a["fold"]))
+    _, ib = load_classifier(ft.run_file(tmp_path / "bright", "models", task, "spark", 1.0, 0, b["fold"]))
+    assert (ia["mean"], ia["std"]) == (ib["mean"], ib["std"])
+    assert not np.array_equal(a["_probs"], b["_probs"])  # the test images did change
+
+
+def test_pixel_stats_are_exact():
+    x = torch.randint(0, 256, (5, 1, 9, 9), dtype=torch.uint8)
+    mean, std = ft.pixel_stats(x)
+    ref = x.double() / 255
+    assert mean == pytest.approx(ref.mean().item(), abs=1e-12) and std == pytest.approx(ref.std(unbiased=False).item())
+    with pytest.raises(ValueError, match="uint8"):
+        ft.pixel_stats(np.zeros((2, 2), dtype=np.float32))
+
+
+def test_cv_folds_do_not_depend_on_the_store_salt(tmp_path):
+    from ssl_lib.tasks import cv_splits, get_task
+
+    folds = []
+    for salt in ("one", "two"):
+        path = StudyPaths(tmp_path / salt).store("brain")
+        write_store(_records(30, 2, False), path, size=32, name="brain", task="binary", salt=salt,
+                    class_names=["no hemorrhage", "hemorrhage"])
+        folds.append(cv_splits(ft.SliceStore(path), get_task("brain")))
+    assert len(folds[0]) == len(folds[1]) > 1
+    for a, b in zip(*folds):
+        assert all(np.array_equal(x, y) for x, y in ((a.train, b.train), (a.val, b.val), (a.test, b.test)))
+
+
+def test_grid_stop_rule_reads_the_profiles_metric(tmp_path, monkeypatch):
+    make_stores(tmp_path)
+    seen = []
+    monkeypatch.setattr(ft, "stop_reducing", lambda *a, **k: seen.append(k["metric"]) or True)
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0, stop_f1=0.7, stop_metric="f1_seed")
+    res = ft.run_grid(tmp_path, ["covid"], ["random"], fractions=[1.0, 0.5], seeds=[0], profile=prof, progress=False)
+    assert seen == ["f1_seed"] and list(res["fraction"]) == [1.0]

@@ -82,3 +82,15 @@ def test_no_patient_crosses_splits_or_cv_folds(tmp_path):
     given = _store(tmp_path, given=True)
     s = task_splits(given, "covid")
     assert s.fold == -1 and set(given.patients[s.train]).isdisjoint(given.patients[s.test])
+
+
+def test_paper_profile_stops_on_the_authors_f1():
+    from ssl_lib.finetune import get_profile
+
+    # OrganSMNIST: macro F1 below 0.7 for every method, the authors' micro F1 (f1_seed) above it
+    rows = [("organs", init, 0.25, 0.62, 0.78) for init in ("byol", "spark")]
+    res = pd.DataFrame(rows, columns=["task", "init", "fraction", "f1", "f1_seed"])
+    prof = get_profile("paper")
+    assert prof.stop_metric == "f1_seed" and prof.stop_f1 == 0.7
+    assert not stop_reducing(res, "organs", 0.25, threshold=prof.stop_f1, metric=prof.stop_metric)  # the paper goes on
+    assert stop_reducing(res, "organs", 0.25, threshold=prof.stop_f1, metric="f1")  # our F1 would stop here

@@ -3,6 +3,7 @@ import json
 import matplotlib
 import numpy as np
 import pandas as pd
+import pytest
 
 from ssl_lib import report
 from ssl_lib.finetune import RESULT_COLUMNS, append_result
@@ -78,9 +79,38 @@ def test_run_level_views():
     assert len(defs) == 4
 
 
-def test_stats_table_view():
-    comp = pd.DataFrame([{"task": "covid", "fraction": 0.5, "metric": "auc", "init_a": "random", "init_b": "spark",
-                          "n_runs": 2, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.01, "p_boot_holm": 0.01,
-                          "p_ttest_holm": np.nan, "holds": True, "verdict": "spark better"}])
+def test_stats_table_view_and_claims():
+    comp = pd.DataFrame([
+        {"task": "covid", "fraction": 0.5, "metric": "auc", "init_a": "random", "init_b": "spark", "n_runs": 3,
+         "mean_a": 0.6, "mean_b": 0.7, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.01,
+         "p_ttest_holm": 0.01, "case_ci_low": -0.15, "case_ci_high": -0.05, "holds": True, "verdict": "spark better"},
+        {"task": "covid", "fraction": 0.5, "metric": "f1", "init_a": "random", "init_b": "spark", "n_runs": 3,
+         "mean_a": 0.6, "mean_b": 0.62, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.02, "ci_low": -0.2, "ci_high": 0.1,
+         "p_ttest_holm": 0.5, "case_ci_low": -0.05, "case_ci_high": -0.01, "holds": False,
+         "verdict": "no difference shown"}])
     t = report.stats_table(comp)
-    assert t.shape == (1, 11) and t.loc[0, "95% CI"] == "[-0.200, -0.010]" and t.loc[0, "portion"] == "50%"
+    assert t.loc[0, "95% CI (runs)"] == "[-0.200, -0.010]" and t.loc[0, "portion"] == "50%"
+    assert t.loc[0, "A (mean ± SD)"] == "0.600 ± 0.020" and t.loc[1, "p (paired t, Holm)"] == "0.5"
+    assert len(report.stats_table(comp, only_holding=True)) == 1
+    said = report.claims(comp)  # only the comparison that holds becomes a sentence
+    assert len(said) == 1 and "SparK beats - (random) in AUC by 0.100" in said[0] and "[0.010, 0.200]" in said[0]
+
+
+def test_headline_is_paired_by_run_with_spread():
+    res = fake_results()
+    num = report.headline(res, numeric=True)
+    assert set(num["fraction"]) == {1.0, 0.5} and set(num["init"]) == {"byol", "swav", "mocov2", "spark"}
+    assert len(num) == 3 * 2 * 4 and (num["n"] == 2).all()
+    r = num[(num["task"] == "covid") & (num["fraction"] == 0.5) & (num["init"] == "spark")].iloc[0]
+    g = res[(res["task"] == "covid") & (res["fraction"] == 0.5)]
+    d = (g[g["init"] == "spark"].set_index("seed")["auc"] - g[g["init"] == "random"].set_index("seed")["auc"])
+    assert r["diff"] == pytest.approx(d.mean()) and r["diff_sd"] == pytest.approx(d.std(ddof=1))
+    shown = report.headline(res)
+    assert " ± " in shown.iloc[0]["pre-trained - random"] and shown.iloc[0]["portion"] == "100%"
+
+
+def test_stopping_table_reads_the_chosen_f1():
+    res = fake_results().assign(f1_seed=0.9)
+    assert not report.stopping_table(res).filter(like="stop").any().any()  # f1_seed (the paper's) by default
+    low = res.assign(f1=0.1)
+    assert report.stopping_table(low, metric="f1").filter(like="stop").all().all()

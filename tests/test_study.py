@@ -111,7 +111,7 @@ def test_steps_run_side_by_side_once_their_inputs_are_done(tmp_path, monkeypatch
     import os
 
     a, b, c = (_timed_notebook(tmp_path / f"{n}.ipynb", n, 4) for n in "abc")
-    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a)), study.Step("b", str(b)),
+    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a), share=0.5), study.Step("b", str(b), share=0.5),
                                          study.Step("c", str(c), after=("a", "b"))))
     out = tmp_path / "out"
     timings = study.run_study(out, "smoke", book=False, jobs=2)
@@ -119,18 +119,21 @@ def test_steps_run_side_by_side_once_their_inputs_are_done(tmp_path, monkeypatch
     assert seen["a"]["start"] < seen["b"]["end"] and seen["b"]["start"] < seen["a"]["end"]  # a and b overlapped
     assert seen["c"]["start"] >= max(seen["a"]["end"], seen["b"]["end"])  # c waited for both
     cpus = os.cpu_count()
-    assert seen["a"]["threads"] == seen["b"]["threads"] == str(max(1, cpus // 2))  # the cores shared
-    assert seen["c"]["threads"] == str(cpus)  # alone: all of them
+    assert seen["a"]["threads"] == seen["b"]["threads"] == str(max(1, cpus // 2))  # their fixed share
+    assert seen["c"]["threads"] == str(cpus)  # share 1: all of them
     saved = pd.read_csv(StudyPaths(out).timings)
     assert set(saved["step"]) == {"a", "b", "c"} and {"start_s", "threads"} <= set(saved.columns)
     wall = study.wall_seconds(saved)
     assert wall < saved["seconds"].sum() and wall == pytest.approx((saved["start_s"] + saved["seconds"]).max())
     assert list(timings["step"])[-1] == "c"
-    # one at a time: a step alone gets no thread limit and the steps do not overlap
-    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a)), study.Step("b", str(b))))
+    assert list(saved.set_index("step").loc[["a", "b", "c"], "threads"]) == [max(1, cpus // 2)] * 2 + [cpus]
+    # one at a time: the steps do not overlap, and each keeps its thread count (the results
+    # must not depend on scheduling)
+    monkeypatch.setattr(study, "STEPS", (study.Step("a", str(a), share=0.5), study.Step("b", str(b))))
     study.run_study(tmp_path / "serial", "smoke", book=False, jobs=1)
     seen = {n: json.loads((tmp_path / "serial" / f"{n}.json").read_text()) for n in "ab"}
-    assert seen["b"]["start"] >= seen["a"]["end"] and seen["a"]["threads"] is None
+    assert seen["b"]["start"] >= seen["a"]["end"]
+    assert seen["a"]["threads"] == str(max(1, cpus // 2)) and seen["b"]["threads"] == str(cpus)
 
 
 def test_a_failing_step_ends_the_steps_running_beside_it(tmp_path, tiny_steps, monkeypatch):
@@ -180,3 +183,10 @@ def test_the_largest_ready_step_starts_first(tmp_path, monkeypatch):
     study.run_study(tmp_path / "out", "smoke", book=False, jobs=1)
     seen = {n: json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in ("small", "large")}
     assert seen["large"]["end"] <= seen["small"]["start"]  # listed second, started first
+
+
+def test_each_step_has_a_fixed_thread_count():
+    """Pre-trainings get half the cores, the other steps all, on every machine size and schedule."""
+    for cpus in (1, 2, 16):
+        for s in study.STEPS:
+            assert study.step_threads(s, cpus) == (max(1, cpus // 2) if s.name.startswith("pretrain") else cpus)
