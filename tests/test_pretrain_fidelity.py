@@ -78,3 +78,46 @@ def test_paper_spark_model_drop_path_and_parameter_count():
     table = param_table("paper", ["spark"])
     assert table.loc["spark", "encoder_with_fc"] == pytest.approx(25.6, abs=0.05) == table.loc["spark", "paper"]
     assert table.loc["spark", "trainable"] == pytest.approx(52.9, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------- contrastive
+def test_byol_paper_settings():
+    c = PROFILES["paper"]["byol"]
+    assert (c.momentum_start, c.momentum_end, c.loss_scale) == (0.996, 1.0, 4.0)
+
+
+def test_byol_momentum_now_uses_the_configured_schedule(monkeypatch):
+    module = build_module("byol", "smoke", total_steps=101, momentum_start=0.996)
+    for step, want in ((0, 0.996), (50, 0.998), (100, 1.0)):
+        monkeypatch.setattr(type(module), "global_step", property(lambda self, s=step: s))
+        assert module.momentum_now() == pytest.approx(want)
+
+
+def test_byol_loss_is_the_sum_of_both_directions_of_2_minus_2cos():
+    import torch.nn.functional as F
+
+    module = build_module("byol", "smoke", loss_scale=4.0)
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 32, 32)
+    g = torch.Generator().manual_seed(1)
+    loss = module.step_loss(x, g)
+    g = torch.Generator().manual_seed(1)
+    v0, v1 = (module.rgb(v) for v in module.views(x, g))
+    with torch.no_grad():
+        p0, p1, z0, z1 = module.online(v0), module.online(v1), module.target(v0), module.target(v1)
+    byol = (2 - 2 * F.cosine_similarity(p0, z1)).mean() + (2 - 2 * F.cosine_similarity(p1, z0)).mean()
+    torch.testing.assert_close(loss.detach() + 4, byol, rtol=1e-5, atol=1e-5)
+
+
+def test_swav_prototypes_have_no_bias_and_lars_covers_every_parameter():
+    c = PROFILES["paper"]["swav"]
+    assert c.exclude_norm_bias is False and PROFILES["quick"]["swav"].exclude_norm_bias is True
+    module = build_module("swav", "smoke", exclude_norm_bias=False)
+    assert module.prototypes.bias is None and module.prototypes.weight.shape == (16, 64)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert len(groups) == 1 and groups[0]["weight_decay"] == module.cfg.weight_decay
+    assert sum(p.numel() for p in groups[0]["params"]) == sum(p.numel() for p in module.trainable_parameters())
+    module.step_loss(torch.randn(4, 1, 32, 32), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(module.prototypes.weight.norm(dim=1), torch.ones(16))
+    quick = build_module("swav", "smoke", exclude_norm_bias=True).configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in quick.param_groups][1] == 0.0

@@ -130,8 +130,10 @@ class BYOLConfig(PretrainConfig):
     """BYOL (Grill et al. 2020), paper Table 6: 2 crops 224, flip, blur; LARS lr 1e-3, wd 1.5e-6, batch 64.
 
     Heads as BYOL/Bolts: projector 2048-4096-256, predictor 256-4096-256; target momentum
-    follows a cosine from ``momentum_start`` to ``momentum_end`` over the run. Blur as BYOL: always
-    on view 1, 10 % on view 2.
+    follows a cosine from ``momentum_start`` = 0.996 to ``momentum_end`` = 1 over the run (BYOL
+    and the Bolts ``BYOLMAWeightUpdate`` the authors ran). Loss as BYOL/Bolts: the sum over both
+    directions of ``2 - 2 cos`` (``loss_scale`` = 4 times the mean negative cosine of the two
+    directions; only the gradient scale matters). Blur as BYOL: always on view 1, 10 % on view 2.
     """
 
     method: str = "byol"
@@ -139,8 +141,9 @@ class BYOLConfig(PretrainConfig):
     proj_hidden: int = 4096
     proj_dim: int = 256
     pred_hidden: int = 4096
-    momentum_start: float = 0.99
+    momentum_start: float = 0.996
     momentum_end: float = 1.0
+    loss_scale: float = 4.0
     blur_p: tuple[float, ...] = (1.0, 0.1)
     sync_batchnorm: bool = True
 
@@ -168,8 +171,10 @@ class SwAVConfig(PretrainConfig):
     """SwAV (Caron et al. 2020), paper Table 5: 2 x 224 (scale 0.9-1) + 6 x 96 (0.1-0.33), blur, crop.
 
     LARS lr 0.15, wd 1e-6, batch 128; 500 prototypes frozen for the first 313 steps; 3 Sinkhorn
-    iterations (epsilon 0.05, temperature 0.1); projector 2048-2048-128. Table 5 lists no flip, so
-    the paper profile has ``flip_p = 0``.
+    iterations (epsilon 0.05, temperature 0.1); projector 2048-2048-128; prototypes without bias
+    (SwAV's code). Table 5 lists no flip, so the paper profile has ``flip_p = 0``. LARS adapts and
+    decays every parameter, norms and biases included (``exclude_norm_bias = False``: SwAV's LARC
+    and the authors' Bolts default).
     """
 
     method: str = "swav"
@@ -190,6 +195,7 @@ class SwAVConfig(PretrainConfig):
     small_size: int = 96
     small_scale: tuple[float, float] = (0.1, 0.33)
     sync_batchnorm: bool = True
+    exclude_norm_bias: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,28 +261,29 @@ PROFILES: dict[str, dict[str, PretrainConfig]] = {
     "quick": {
         "byol": BYOLConfig(arch="resnet18", store_size=64, epochs=6, batch_size=32, every_n_epochs=3,
                            lr=0.2, weight_decay=1.5e-6, warmup_epochs=1, crop_size=64,
-                           blur_sigma=_scaled_sigma(64), proj_hidden=1024, pred_hidden=1024, proj_dim=128),
+                           blur_sigma=_scaled_sigma(64), proj_hidden=1024, pred_hidden=1024, proj_dim=128,
+                           momentum_start=0.99, loss_scale=1.0),
         "mocov2": MoCoConfig(arch="resnet18", store_size=64, epochs=8, batch_size=32, every_n_epochs=4,
                              lr=0.06, crop_size=64, blur_sigma=_scaled_sigma(64), proj_hidden=512,
                              queue_size=128, encoder_momentum=0.99),
         "swav": SwAVConfig(arch="resnet18", store_size=64, epochs=6, batch_size=32, every_n_epochs=3,
                            lr=0.3, warmup_epochs=1, crop_size=64, small_size=32, n_small=4,
                            blur_sigma=_scaled_sigma(64), proj_hidden=512, n_prototypes=100,
-                           frozen_prototype_steps=20, sync_batchnorm=False),
+                           frozen_prototype_steps=20, sync_batchnorm=False, exclude_norm_bias=True),
         "spark": SparKConfig(arch="resnet18", store_size=64, epochs=7, batch_size=32, every_n_epochs=4,
                              lr=2e-3, warmup_epochs=1, crop_size=96, decoder="light", drop_path=0.0),
     },
     "smoke": {
         "byol": BYOLConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
                            lr=0.2, warmup_epochs=0, crop_size=32, blur_sigma=_scaled_sigma(32),
-                           proj_hidden=256, pred_hidden=256, proj_dim=64),
+                           proj_hidden=256, pred_hidden=256, proj_dim=64, momentum_start=0.99, loss_scale=1.0),
         "mocov2": MoCoConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
                              lr=0.03, crop_size=32, blur_sigma=_scaled_sigma(32), proj_hidden=256,
                              proj_dim=64, queue_size=16, encoder_momentum=0.99),
         "swav": SwAVConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
                            lr=0.3, warmup_epochs=0, crop_size=32, small_size=16, n_small=2,
                            blur_sigma=_scaled_sigma(32), proj_hidden=256, proj_dim=64, n_prototypes=16,
-                           frozen_prototype_steps=4, sync_batchnorm=False),
+                           frozen_prototype_steps=4, sync_batchnorm=False, exclude_norm_bias=True),
         "spark": SparKConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
                              lr=2e-3, warmup_epochs=0, crop_size=64, decoder_width=64, drop_path=0.0),
     },
