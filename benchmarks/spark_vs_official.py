@@ -10,10 +10,10 @@ backward, LAMB with gradient clipping at 5) of
   ``utils.misc`` (only ``is_pow2n`` is used) is replaced by a small shim here;
 - ``ours``: :class:`ssl_lib.models.spark.SparK` with ``decoder="official"``, the same width, drop
   path and LAMB, optimised as :class:`ssl_lib.pretrain.spark.SparKModule` does (lr/wd schedule
-  step included), in float32 like the official code;
-- ``ours + crop/flip``: the same plus our on-device random resized crop (bicubic) and flip;
-- on CUDA also ``ours, bf16 + channels-last``: the precision and memory format our pre-training
-  uses on GPUs by default.
+  step included), with the paper profile's options for the device (:func:`resolve_device_options`:
+  on the CPU float32 and channels-last, on CUDA bfloat16 autocast and channels-last);
+- ``ours, float32 contiguous``: the same in the official code's precision and memory format;
+- ``ours + crop/flip``: ``ours`` plus our on-device random resized crop (bicubic) and flip.
 
 Both get the same input (a grey batch repeated to 3 channels), batch size, input size and decoder
 width; steps alternate between the implementations so that load changes hit both alike, and the
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssl_lib.precision import autocast  # noqa: E402
-from ssl_lib.pretrain.common import build_module  # noqa: E402
+from ssl_lib.pretrain.common import build_module, get_config, resolve_device_options  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -112,6 +112,7 @@ def our_step(*, arch: str, size: int, width: int, drop_path: float, batch: int, 
     module.to(device).train()
     if channels_last:
         module.to(memory_format=torch.channels_last)
+        module.channels_last = True  # channels-last views from module.rgb (the crop/flip path)
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     counter = iter(range(10**9))
@@ -206,10 +207,11 @@ def run(official: str | None = None, *, arch: str = "resnet50", size: int = 224,
         steps_by_name["official"] = official_step(mods, arch=arch, size=size, width=width, drop_path=drop_path,
                                                   device=dev, lr=2.5e-5)
     common = dict(arch=arch, size=size, width=width, drop_path=drop_path, batch=batch, device=dev)
-    steps_by_name["ours"] = our_step(**common)
-    steps_by_name["ours + crop/flip"] = our_step(**common, augment=True)
-    if dev.type == "cuda":
-        steps_by_name["ours, bf16 + channels-last"] = our_step(**common, precision="bf16-mixed", channels_last=True)
+    cfg = resolve_device_options(get_config("spark", "paper"), dev.type)
+    ours = dict(precision=cfg.precision, channels_last=bool(cfg.channels_last))
+    steps_by_name["ours"] = our_step(**common, **ours)
+    steps_by_name["ours, float32 contiguous"] = our_step(**common)
+    steps_by_name["ours + crop/flip"] = our_step(**common, **ours, augment=True)
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for i in range(warmup + steps):
         for name, step in steps_by_name.items():  # alternate: load changes hit every implementation alike

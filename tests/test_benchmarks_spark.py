@@ -19,7 +19,7 @@ def test_own_step_runs_at_smoke_size(capsys):
     bench = load_benchmark("spark_vs_official")
     table = bench.main(["--arch", "resnet18", "--size", "64", "--batch", "2", "--width", "64",
                         "--steps", "1", "--warmup", "0", "--device", "cpu"])
-    assert list(table.index) == ["ours", "ours + crop/flip"]
+    assert list(table.index) == ["ours", "ours, float32 contiguous", "ours + crop/flip"]
     assert np.isfinite(table[["s_per_step", "img_s"]].to_numpy()).all() and (table["img_s"] > 0).all()
     assert "decoder width 64" in capsys.readouterr().out
 
@@ -49,4 +49,4 @@ def test_against_the_official_code():
     assert check["loss_abs_diff"] < 1e-12 and check["reconstruction_max_abs_diff"] < 1e-10
     assert check["gradient_max_rel_diff"] < 1e-9
     table = bench.run(OFFICIAL, arch="resnet18", size=64, batch=2, width=64, steps=1, warmup=0)
-    assert list(table.index) == ["official", "ours", "ours + crop/flip"] and table.loc["official", "vs_official"] == 1
+    assert list(table.index) == ["official", "ours", "ours, float32 contiguous", "ours + crop/flip"] and table.loc["official", "vs_official"] == 1
