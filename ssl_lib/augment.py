@@ -49,7 +49,7 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
 
 
 class RandomResizedCrop(nn.Module):
-    """Crop a random box per sample and resize it to ``size x size`` (bilinear).
+    """Crop a random box per sample and resize it to ``size x size`` (``mode``: bilinear or bicubic).
 
     The box covers a fraction of the image area drawn uniformly from ``scale`` and has an
     aspect ratio drawn log-uniformly from ``ratio`` (as torchvision's ``RandomResizedCrop``;
@@ -60,15 +60,17 @@ class RandomResizedCrop(nn.Module):
     """
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), mode: str = "bilinear"):
         super().__init__()
+        if mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"crop interpolation must be 'bilinear' or 'bicubic', got {mode!r}")
         if size <= 0:
             raise ValueError(f"crop size must be positive, got {size}")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"crop ratio must satisfy 0 < min <= max, got {ratio}")
-        self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
+        self.size, self.scale, self.ratio, self.mode = int(size), tuple(scale), tuple(ratio), mode
 
     def boxes(self, batch_size: int, *, device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random boxes ``(B, 4)``: centre x, centre y, width, height in [-1, 1] image coordinates."""
@@ -87,14 +89,15 @@ class RandomResizedCrop(nn.Module):
         zero = torch.zeros_like(w)
         theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_batch(x, type(self).__name__)
         return self.apply(x, self.boxes(x.shape[0], device=x.device, generator=generator))
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)}"
+        return (f"size={self.size}, scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)}, "
+                f"mode={self.mode}")
 
 
 class RandomHorizontalFlip(nn.Module):
@@ -186,9 +189,10 @@ class ViewTransform(nn.Module):
 
     @classmethod
     def standard(cls, size: int, scale: Sequence[float], *, flip_p: float = 0.5, blur_p: float = 0.0,
-                 sigma: tuple[float, float] = (0.1, 2.0), ratio=(3 / 4, 4 / 3)) -> "ViewTransform":
-        """Crop -> flip (if ``flip_p > 0``) -> blur (if ``blur_p > 0``), the paper's transforms."""
-        parts: list[nn.Module] = [RandomResizedCrop(size, tuple(scale), tuple(ratio))]
+                 sigma: tuple[float, float] = (0.1, 2.0), ratio=(3 / 4, 4 / 3),
+                 interpolation: str = "bilinear") -> "ViewTransform":
+        """Crop (resized with ``interpolation``) -> flip (if ``flip_p > 0``) -> blur (if ``blur_p > 0``)."""
+        parts: list[nn.Module] = [RandomResizedCrop(size, tuple(scale), tuple(ratio), mode=interpolation)]
         if flip_p > 0:
             parts.append(RandomHorizontalFlip(flip_p))
         if blur_p > 0:

@@ -5,9 +5,13 @@ row of Table 2) plus one linear layer; Adam, lr 1e-4, batch 64; only the linear 
 the first ten epochs, then the whole model. Where the paper is silent the ``paper`` profile
 follows the authors' code: weight decay 5e-4, 70 epochs, the backbone's learning rate ramped up
 after unfreezing as Lightning's ``BackboneFinetuning`` does by default (start at 0.1 x lr, x1.5
-per epoch, capped at lr), the checkpoint with the best validation accuracy is tested. One
-deliberate difference: while frozen, the backbone is in eval mode, so its BatchNorm running
-statistics do not move either (Lightning's default keeps BN training).
+per epoch, capped at lr), the checkpoint with the best validation accuracy is tested, training
+slices are augmented with the authors' MONAI ``RandFlip`` + ``RandRotate`` (``augment="monai"``,
+:mod:`ssl_lib.finetune_augment`), and the backbone's BatchNorm layers keep training while the
+rest of the backbone is frozen, as Lightning's ``BackboneFinetuning`` (``train_bn=True``) does:
+in train mode, their weights and biases updated at the head's lr from the first epoch on
+(``train_bn_frozen``). The smaller profiles instead keep the frozen backbone in eval mode, so
+that its features can be computed once.
 
 Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop):
 
@@ -16,10 +20,12 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
 * batches are normalised with the mean/std of the run's training split (all of its slices, the
   same at every fraction; :meth:`TaskData.normalised_by`, the paper's "mean and standard deviation
   of the dataset" without its validation and test slices) and repeated to 3 channels
-  (:func:`ssl_lib.data.store.normalize_batch`), flipped at random on the batch tensor;
+  (:func:`ssl_lib.data.store.normalize_batch`), flipped at random on the batch tensor (or
+  augmented with MONAI on the device, ``augment="monai"``);
 * the linear-only phase computes the frozen backbone's features once (of each slice and of its
   mirror image when flipping) and trains the head on them: the same result as running the
-  frozen backbone every epoch, at the cost of two forward passes. :func:`finetune_run` keeps
+  frozen backbone every epoch, at the cost of two forward passes (not with ``augment="monai"``
+  or ``train_bn_frozen``, where the backbone sees every augmented batch). :func:`finetune_run` keeps
   the features of a task's slices per backbone (:func:`frozen_features`, keyed by a hash of the
   weights and of the slices), so the runs of one init at other fractions and seeds reuse them;
 * :func:`run_grid` spreads runs over worker processes (``workers``; on the CPU each worker gets
@@ -56,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.store import SliceStore, normalize_batch
+from .finetune_augment import AUGMENTS, MonaiAugment
 from .inits import EncoderInit, InitError, apply_init, available_methods, list_encoder_epochs, load_init
 from .metrics import accuracy, auc, compute_metrics
 from .metrics import f1 as f1_metric
@@ -76,7 +83,10 @@ class FinetuneProfile:
     that, every parameter at ``lr``; ``backbone_lr_ratio``/``backbone_lr_growth``: the backbone's lr
     after unfreezing starts at ratio x lr and grows by the factor per epoch up to lr (``None``:
     full lr at once); ``select_metric``: validation metric that picks the tested epoch (ties:
-    lower validation loss); ``augment``: ``"flip"`` (random horizontal flip) or ``"none"``;
+    lower validation loss); ``augment``: ``"flip"`` (random horizontal flip), ``"monai"`` (the
+    authors' MONAI flip + rotation, :class:`ssl_lib.finetune_augment.MonaiAugment`) or ``"none"``;
+    ``train_bn_frozen``: the backbone's BatchNorm layers train (mode and affine parameters, at the
+    head's lr) while the rest of the backbone is frozen, as Lightning's ``BackboneFinetuning``;
     ``fractions``: reduction steps per task; ``stop_f1``: the paper's stopping rule (``None``: run
     every fraction); ``stop_metric``: the results column it reads (``"f1_seed"``: the F1 of the
     authors' code, which their rule used - micro F1 for OrganSMNIST, F1 of NonCOVID for COVID-19;
@@ -103,6 +113,7 @@ class FinetuneProfile:
     backbone_lr_growth: float = 1.5
     select_metric: str = "accuracy"
     augment: str = "flip"
+    train_bn_frozen: bool = False
     fractions: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     stop_f1: float | None = None
@@ -116,6 +127,11 @@ class FinetuneProfile:
     @property
     def epochs(self) -> int:
         return self.linear_epochs + self.full_epochs
+
+    @property
+    def cached_features(self) -> bool:
+        """Whether the linear phase can train on features computed once (frozen, eval-mode backbone)."""
+        return self.augment in ("none", "flip") and not self.train_bn_frozen
 
     def fractions_for(self, task: str) -> tuple[float, ...]:
         """The profile's fractions for a paper task; a user task's own (default 100/75/50/25/10 %)."""
@@ -141,8 +157,9 @@ PROFILES: dict[str, FinetuneProfile] = {
     "quick": FinetuneProfile("quick", "resnet18", 64, 40, 1, batch_size=64, linear_lr=1e-3, fractions=_QUICK_FRACTIONS,
                              seeds=(0, 1, 2)),
     "paper": FinetuneProfile("paper", "resnet50", 224, 10, 60, batch_size=64, backbone_lr_ratio=0.1,
-                             augment="none", fractions=dict(PAPER_FRACTIONS), seeds=(0, 1, 2, 3, 4),
-                             stop_f1=0.7, stop_metric="f1_seed", pretrain_epoch="best", channels_last=None),
+                             augment="monai", train_bn_frozen=True, fractions=dict(PAPER_FRACTIONS),
+                             seeds=(0, 1, 2, 3, 4), stop_f1=0.7, stop_metric="f1_seed", pretrain_epoch="best",
+                             channels_last=None),
 }
 
 RESULT_COLUMNS = ["task", "init", "pretrain_epoch", "fraction", "seed", "fold", "best_epoch", "accuracy", "auc", "f1",
@@ -293,8 +310,11 @@ def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
                mean: float, std: float, device: str | torch.device = "cpu", channels_last: bool = False,
                flip: bool = True, generator: torch.Generator | None = None,
-               precision: str = "32-true") -> torch.Tensor:
+               precision: str = "32-true", augment=None) -> torch.Tensor:
     """One full-model step on a uint8 batch ``(B, 1, H, W)``: flip, normalise, forward, backward, Adam.
+
+    ``augment``: a callable applied to the normalised float batch on the device (e.g.
+    :class:`~ssl_lib.finetune_augment.MonaiAugment`), after the optional flip.
 
     ``precision="bf16-mixed"`` runs forward and loss under bfloat16 autocast. Returns the batch's
     cross-entropy loss as a detached 0-d tensor on ``device`` (no host-device sync; ``float()`` it
@@ -303,9 +323,11 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch
     images = images.to(device, non_blocking=True)  # asynchronous from pinned memory; flip on the device
     if flip:
         images = _flip(images, generator if generator is not None else torch.default_generator)
+    x = _prep(images, mean, std, device, channels_last)
+    if augment is not None:
+        x = augment(x)
     with autocast(device, precision):
-        loss = F.cross_entropy(model(_prep(images, mean, std, device, channels_last)),
-                               labels.to(device, non_blocking=True))
+        loss = F.cross_entropy(model(x), labels.to(device, non_blocking=True))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -448,9 +470,18 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
     cl, precision = device_options(prof, device)
     if cl:
         model.to(memory_format=torch.channels_last)
-    head_params = list(model.head.parameters())
-    bb_params = list(model.backbone.parameters())
+    if prof.augment not in AUGMENTS:
+        raise ValueError(f"unknown fine-tuning augmentation {prof.augment!r}; choose one of {AUGMENTS}")
+    bn_params = [p for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters(recurse=False)] if prof.train_bn_frozen else []
+    bn_ids = {id(p) for p in bn_params}
+    head_params = list(model.head.parameters()) + bn_params  # Lightning: BN trains with the head from the start
+    bb_params = [p for p in model.backbone.parameters() if id(p) not in bn_ids]
     opt = torch.optim.Adam([{"params": head_params}, {"params": bb_params}], lr=prof.lr, weight_decay=prof.weight_decay)
+    if frozen is not None and not prof.cached_features:
+        raise ValueError(f"profile {prof.name!r} trains its linear phase on augmented batches (augment="
+                         f"{prof.augment!r}, train_bn_frozen={prof.train_bn_frozen}); pass no frozen features")
+    augment = MonaiAugment(seed=int(seed)) if prof.augment == "monai" else None
     y_tr, y_va = train_y.to(device), val_y.numpy()
     rows: list[dict] = []
     best_key, best_state, best_epoch, best_val = None, None, -1, {}
@@ -470,8 +501,36 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{metric:.3f}")
 
+    # ---- phase 1 (authors' profile): backbone frozen but for BN, on every augmented batch
+    if prof.linear_epochs > 0 and not prof.cached_features:
+        for p in bb_params:
+            p.requires_grad_(False)
+        opt.param_groups[0]["lr"] = prof.lr if prof.linear_lr is None else prof.linear_lr
+        for epoch in range(prof.linear_epochs):
+            t0 = time.perf_counter()
+            model.head.train()
+            model.backbone.train(prof.train_bn_frozen)  # BN layers in train mode, as train_bn=True
+            total, n = torch.zeros((), device=device), 0
+            for idx in _batches(len(train_x), prof.batch_size, gen):
+                x = _prep(_pinned(train_x[idx], device), mean, std, device, cl)
+                if augment is not None:
+                    x = augment(x)
+                with autocast(device, precision), torch.set_grad_enabled(prof.train_bn_frozen):
+                    feats = model.backbone(x)
+                with autocast(device, precision):
+                    loss = F.cross_entropy(model.head(feats), y_tr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + loss.detach() * len(idx), n + len(idx)
+            probs = predict_proba(model, val_x, mean, std, batch_size=prof.eval_batch_size, device=device,
+                                  channels_last=cl, precision=precision)
+            _record(epoch, "linear", float(total) / max(n, 1), probs, 0.0, t0)
+        for p in bb_params:
+            p.requires_grad_(True)
+
     # ---- phase 1: linear layer only, on cached features of the frozen (eval-mode) backbone
-    if prof.linear_epochs > 0:
+    elif prof.linear_epochs > 0:
         t0 = time.perf_counter()
         for p in bb_params:
             p.requires_grad_(False)
@@ -516,7 +575,8 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
         total, n = torch.zeros((), device=device), 0
         for idx in _batches(len(train_x), prof.batch_size, gen):
             loss = train_step(model, opt, _pinned(train_x[idx], device), y_tr[idx], mean=mean, std=std, device=device,
-                              channels_last=cl, flip=prof.augment == "flip", generator=gen, precision=precision)
+                              channels_last=cl, flip=prof.augment == "flip", generator=gen, precision=precision,
+                              augment=augment)
             total, n = total + loss * len(idx), n + len(idx)
         probs = predict_proba(model, val_x, mean, std, batch_size=prof.eval_batch_size, device=device, channels_last=cl,
                               precision=precision)
@@ -618,7 +678,7 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
     model = apply_init(Classifier(prof.arch, spec.num_classes), enc)
     t = torch.from_numpy
     frozen = None
-    if prof.linear_epochs > 0:  # the frozen backbone's features of the whole task, shared between runs
+    if prof.linear_epochs > 0 and prof.cached_features:  # the frozen backbone's features, shared between runs
         cl, _ = device_options(prof, torch.device(device))
         model.to(device)
         if cl:

@@ -37,6 +37,7 @@ def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
 
 def _model(arch: str = "resnet18", size: int = 64, **kw) -> SparK:
     torch.manual_seed(0)
+    kw.setdefault("decoder_width", 128)
     model = SparK(build_backbone(arch), image_size=size, **kw)
     _randomise_bn(model.encoder)
     return model
@@ -180,8 +181,10 @@ def test_patch_loss_normalises_patches_and_ignores_visible_predictions():
     torch.testing.assert_close(model.patch_loss(pred2, x, mask), loss)
     pred3 = torch.where(_up(mask, 64), pred, pred + 1)
     assert model.patch_loss(pred3, x, mask) > loss + 0.5
-    # per-patch, per-channel normalisation: an affine change of each patch's pixels changes nothing
-    scale = (torch.rand(3, 3, 2, 1, 2, 1) + 0.5).repeat_interleave(32, 3).repeat_interleave(32, 5)
+    # per-patch normalisation (all channels together, as official SparK): an affine change of each
+    # patch's values changes nothing
+    scale = (torch.rand(3, 1, 2, 1, 2, 1) + 0.5).expand(3, 3, 2, 1, 2, 1) \
+        .repeat_interleave(32, 3).repeat_interleave(32, 5)
     x_affine = (x.reshape(3, 3, 2, 32, 2, 32) * scale + 7).reshape(x.shape)
     torch.testing.assert_close(model.patch_loss(pred, x_affine, mask), loss, rtol=1e-4, atol=1e-4)
 
@@ -191,7 +194,7 @@ def test_perfect_prediction_gives_zero_loss_and_image_reconstruction():
     mask = _fixed_mask()
     x = torch.randn(3, 3, 64, 64) * 0.7 + 0.2
     p = x.reshape(3, 3, 2, 32, 2, 32)
-    mean, var = p.mean(dim=(3, 5), keepdim=True), p.var(dim=(3, 5), unbiased=False, keepdim=True)
+    mean, var = p.mean(dim=(1, 3, 5), keepdim=True), p.var(dim=(1, 3, 5), keepdim=True)  # unbiased, as official
     ideal = ((p - mean) / (var + 1e-6).sqrt()).reshape(x.shape)
     model.decode = lambda feats, m: ideal  # instance override: forward wiring with a perfect decoder
     out = model(x, mask)
@@ -201,9 +204,10 @@ def test_perfect_prediction_gives_zero_loss_and_image_reconstruction():
 
 
 # --- (e) training reduces the loss --------------------------------------------------------------
-def test_loss_falls_with_adam_on_fixed_batch():
+@pytest.mark.parametrize("decoder", ["official", "light"])
+def test_loss_falls_with_adam_on_fixed_batch(decoder):
     torch.manual_seed(0)
-    model = SparK(build_backbone("resnet18"), image_size=64)
+    model = SparK(build_backbone("resnet18"), image_size=64, decoder=decoder, decoder_width=128)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
     blobs = torch.stack([torch.exp(-((xx - a) ** 2 + (yy - b) ** 2) * 6) for a, b in
                          [(-.5, -.3), (.4, .2), (0, .5), (.3, -.6)]])
@@ -236,6 +240,10 @@ def test_bad_input_raises_value_error():
         SparK(build_backbone("resnet18"), image_size=64, mask_ratio=1.0)
     with pytest.raises(ValueError, match="decoder_width"):
         SparK(build_backbone("resnet18"), image_size=64, decoder_width=48)
+    with pytest.raises(ValueError, match="decoder"):
+        SparK(build_backbone("resnet18"), image_size=64, decoder="heavy")
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        SparK(build_backbone("resnet18"), image_size=64, drop_path_rate=1.0)
     with pytest.raises(ValueError, match="ResNet"):
         SparK(nn.Conv2d(3, 3, 1), image_size=64)
     model = _model()

@@ -12,13 +12,31 @@ Modeling" (ICLR). Our own compact implementation (no library has SparK):
   (:func:`masked_batch_norm`, which uses the BN module's own weight, bias and running buffers).
   So masked positions stay exactly zero and visible outputs never see masked pixels, and the
   encoder's ``state_dict`` stays a plain torchvision one (export it with ``encoder_state_dict``).
-- **Densify + light U-Net decoder**: each of the 4 stage maps (layer1..layer4) gets a masked BN,
-  its masked positions are filled with a learned mask token (one per stage), and a 1x1 conv
-  projects it to the decoder width of that scale (``d, d/2, d/4, d/8`` from layer4 to layer1).
-  Decoding starts at layer4 (1/32), each up-block doubles the resolution and adds the next
-  projected stage; two more up-blocks reach full resolution, a 1x1 conv gives ``in_chans``.
-- **Loss**: mean squared error to the per-patch, per-channel normalised image (mean/var over
-  the patch's pixels, eps 1e-6), averaged over masked patches only.
+- **Densify**: each of the 4 stage maps (layer1..layer4) gets a masked BN, its masked
+  positions are filled with a learned mask token (one per stage, trunc-normal std 0.02 in
+  [-0.02, 0.02]), and a conv projects it to the decoder width of that scale (``d, d/2, d/4, d/8``
+  from layer4 to layer1).
+- **Decoder** (``decoder=``): decoding starts at layer4 (1/32); each up-block doubles the
+  resolution and the next projected stage is added; two more up-blocks reach full resolution and
+  a 1x1 conv gives ``in_chans``. Two designs:
+
+  ``"official"`` -- as the official SparK code's ``LightDecoder`` (what Wolf et al. ran): width
+  ``d = 768``; up-block ``ConvTranspose(k4, s2, p1, cin->cin)``, ``conv3x3 cin->cin``, BN,
+  ReLU6, ``conv3x3 cin->cout``, BN; densify projections 3x3 (1x1 at the smallest scale, identity
+  there if the encoder width equals ``d``); decoder convs trunc-normal (std 0.02, bias 0),
+  transposed convs Kaiming-normal (fan-out), BN weight 1 / bias 0; the projections keep
+  PyTorch's default init (as official).
+
+  ``"light"`` -- our earlier, lighter design (``d`` = layer4 width / 4): up-block
+  ``ConvTranspose(k2, s2)``, (``conv3x3``, BN, ReLU) twice, 1x1 projections, default init.
+- **Drop path** (``drop_path_rate``): stochastic depth on each residual branch of the sparse
+  encoder during training, rate rising linearly from 0 (first block) to ``drop_path_rate`` (last
+  block), as timm's ResNet that official SparK trains (ResNet-50: 0.05). It has no parameters,
+  so the encoder stays a plain torchvision ResNet.
+- **Loss** (as official SparK): each 32 x 32 patch of the input, all channels together
+  (``C * 32 * 32`` values), is normalised by its mean and unbiased standard deviation
+  (``sqrt(var + 1e-6)``); the loss is the squared error to the decoder output, averaged over
+  the patch's values, then over the masked patches.
 
 Shapes: ``x`` (B, C, H, W) normalised images with ``H = W = image_size``; stage maps
 (B, C_i, H / 2**(i+1), W / 2**(i+1)) for i = 1..4.
@@ -80,8 +98,11 @@ class _Masks:
         return self.cache[size]
 
 
-def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks) -> torch.Tensor:
-    """One BasicBlock/Bottleneck (conv_i-bn_i-relu ..., downsample path, residual) kept sparse."""
+def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks, drop_path: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One BasicBlock/Bottleneck (conv_i-bn_i-relu ..., downsample path, residual) kept sparse.
+
+    ``drop_path`` > 0 drops the residual branch per sample (stochastic depth, as timm's ResNet)."""
     out, i = x, 1
     while hasattr(block, f"conv{i}"):
         out = getattr(block, f"conv{i}")(out)
@@ -89,6 +110,8 @@ def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks) -> torch.Ten
         i += 1
         if hasattr(block, f"conv{i}"):
             out = F.relu(out)
+    if drop_path > 0:
+        out = _drop_path(out, drop_path, generator)
     identity = x
     if block.downsample is not None:
         conv, bn = block.downsample
@@ -97,8 +120,16 @@ def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks) -> torch.Ten
     return F.relu(out + identity)
 
 
+def _drop_path(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with probability ``rate``, scale the rest."""
+    keep = 1.0 - rate
+    gen_device = generator.device if generator is not None else x.device
+    draw = torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=gen_device).to(x.device)
+    return x * ((draw < keep).to(x.dtype) / keep)
+
+
 class _UpBlock(nn.Module):
-    """2x upsampling (transposed conv) then conv3x3-BN-ReLU twice: (B, cin, h, w) -> (B, cout, 2h, 2w)."""
+    """Our light 2x up-block: ConvTranspose(k2) then (conv3x3-BN-ReLU) twice: (B, cin, h, w) -> (B, cout, 2h, 2w)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -112,16 +143,56 @@ class _UpBlock(nn.Module):
         return self.conv(self.up(x))
 
 
+class _OfficialUpBlock(nn.Module):
+    """Official SparK's U-Net block: ConvTranspose(k4, s2, p1, cin->cin), conv3x3 cin->cin, BN, ReLU6,
+    conv3x3 cin->cout, BN: (B, cin, h, w) -> (B, cout, 2h, 2w)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cin, kernel_size=4, stride=2, padding=1, bias=True)
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, padding=1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.up(x))
+
+
+def _init_official_decoder(module: nn.Module) -> None:
+    """Official SparK decoder init: convs trunc-normal std 0.02 (bias 0), transposed convs Kaiming
+    normal (fan-out, ReLU; bias 0), batch norms weight 1 / bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+DECODERS = ("official", "light")
+
+
 class SparK(nn.Module):
     """Sparse masked modelling around a torchvision ResNet (see the module docstring).
 
     ``encoder``: ResNet18/34/50 from ``build_backbone`` (its ``fc`` is set to ``nn.Identity``);
-    ``decoder_width``: width at 1/32 scale, halved per up-block (default: layer4 width // 4,
-    i.e. 512 for ResNet50, 128 for ResNet18/34); must be a multiple of 32.
+    ``decoder``: ``"official"`` (official SparK's LightDecoder) or ``"light"`` (ours);
+    ``decoder_width``: width at 1/32 scale, halved per up-block, a multiple of 32 (default:
+    768 for ``"official"`` as official SparK; layer4 width // 4 for ``"light"``, i.e. 512 for
+    ResNet50, 128 for ResNet18/34); ``drop_path_rate``: stochastic depth of the encoder's last
+    block during pre-training (official SparK, ResNet-50: 0.05).
     """
 
     def __init__(self, encoder: ResNet, *, image_size: int, mask_ratio: float = 0.6,
-                 decoder_width: int | None = None, in_chans: int = 3):
+                 decoder_width: int | None = None, in_chans: int = 3, decoder: str = "official",
+                 drop_path_rate: float = 0.0):
         super().__init__()
         if not isinstance(encoder, ResNet):
             raise ValueError(f"SparK needs a torchvision ResNet encoder, got {type(encoder).__name__}")
@@ -132,29 +203,66 @@ class SparK(nn.Module):
             raise ValueError(f"image_size must be a positive multiple of {DOWNSAMPLE_RATIO}, got {image_size}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown SparK decoder {decoder!r}; choose one of {DECODERS}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must lie in [0, 1), got {drop_path_rate}")
         widths = [getattr(layer[-1], "bn3", layer[-1].bn2).num_features
                   for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4)]
-        d = widths[-1] // 4 if decoder_width is None else decoder_width
+        if decoder_width is None:
+            decoder_width = 768 if decoder == "official" else widths[-1] // 4
+        d = decoder_width
         if d < 32 or d % 32:
             raise ValueError(f"decoder_width must be a positive multiple of 32, got {d}")
         encoder.fc = nn.Identity()
         self.encoder = encoder
         self.downsample_ratio = DOWNSAMPLE_RATIO
         self.image_size, self.mask_ratio, self.in_chans, self.decoder_width = image_size, mask_ratio, in_chans, d
+        self.decoder_name = decoder
         self.grid = image_size // DOWNSAMPLE_RATIO
         self.num_visible = round(self.grid * self.grid * (1 - mask_ratio))
         if self.num_visible < 1:
             raise ValueError(f"mask_ratio {mask_ratio} leaves no visible patch on a {self.grid}x{self.grid} grid")
+        n_blocks = sum(len(layer) for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4))
+        self.drop_path_rate = float(drop_path_rate)
+        #: per-block stochastic-depth rates, linear from 0 to ``drop_path_rate`` (timm's rule)
+        self.block_drop_rates = [self.drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]
         dec_widths = [d // 8, d // 4, d // 2, d]  # decoder width at the scale of layer1..layer4
         self.densify_norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)
         self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1)) for c in widths)
         for token in self.mask_tokens:
             nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)
-        self.projs = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(widths, dec_widths))
         # up-blocks: 1/32 -> 1/16 -> 1/8 -> 1/4 (U-Net merges) -> 1/2 -> 1 (head)
         chans = [d, d // 2, d // 4, d // 8, d // 16, d // 32]
-        self.decoder = nn.ModuleList(_UpBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
-        self.head = nn.Conv2d(chans[-1], in_chans, 1)
+        if decoder == "official":
+            projs = []
+            for stage, (c, w) in enumerate(zip(widths, dec_widths)):
+                if stage == 3 and c == w:
+                    projs.append(nn.Identity())
+                else:
+                    k = 1 if stage == 3 else 3  # 1x1 only at the smallest scale (layer4)
+                    projs.append(nn.Conv2d(c, w, k, padding=k // 2))
+            self.projs = nn.ModuleList(projs)
+            self.decoder = nn.ModuleList(_OfficialUpBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+            self.head = nn.Conv2d(chans[-1], in_chans, 1)
+            _init_official_decoder(self.decoder)
+            _init_official_decoder(self.head)
+        else:
+            self.projs = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(widths, dec_widths))
+            self.decoder = nn.ModuleList(_UpBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+            self.head = nn.Conv2d(chans[-1], in_chans, 1)
+
+    # ----------------------------------------------------------------------------- parameters
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the ``encoder`` (the ResNet alone: what SparK reports, 25.6 M for ResNet-50
+        with its fc), the ``densify`` layers (norms, mask tokens, projections), the ``decoder`` (up-blocks
+        and head) and the ``total``."""
+        count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        out = {"encoder": count([self.encoder]),
+               "densify": count([self.densify_norms, self.projs]) + sum(t.numel() for t in self.mask_tokens),
+               "decoder": count([self.decoder, self.head])}
+        out["total"] = sum(out.values())
+        return out
 
     # ----------------------------------------------------------------------------- masks
     def random_mask(self, batch_size: int, *, device=None,
@@ -180,8 +288,12 @@ class SparK(nn.Module):
                                  f"(True = visible), got {mask.dtype} {tuple(mask.shape)}")
 
     # ----------------------------------------------------------------------------- encoder
-    def sparse_features(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Sparse encoder forward: x (B,C,H,W), mask (B,1,h,w) bool -> [layer1..layer4] maps, zero where masked."""
+    def sparse_features(self, x: torch.Tensor, mask: torch.Tensor,
+                        generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Sparse encoder forward: x (B,C,H,W), mask (B,1,h,w) bool -> [layer1..layer4] maps, zero where masked.
+
+        In training with ``drop_path_rate > 0`` the residual branches are dropped per sample,
+        drawing from ``generator`` (or the global RNG)."""
         self._check(x, mask)
         enc, masks = self.encoder, _Masks(mask, x.dtype)
         x = x * masks.at(x)
@@ -189,33 +301,41 @@ class SparK(nn.Module):
         x = F.relu(masked_batch_norm(x, masks.at(x), enc.bn1))
         x = enc.maxpool(x)
         x = x * masks.at(x)
-        feats = []
+        feats, rates = [], iter(self.block_drop_rates)
         for layer in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
             for block in layer:
-                x = _sparse_block(block, x, masks)
+                rate = next(rates) if self.training else 0.0
+                x = _sparse_block(block, x, masks, rate, generator)
             feats.append(x)
         return feats
 
     # ----------------------------------------------------------------------------- loss
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+    def _patch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patches (B, C, h, p, w, p) of ``x`` in float32+, and their mean and sqrt(unbiased var + 1e-6)
+        over each patch's C * p * p values (as official SparK), each (B, 1, h, 1, w, 1)."""
         B, C, H, W = x.shape
         p = self.downsample_ratio
-        return x.reshape(B, C, H // p, p, W // p, p)
+        patches = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(B, C, H // p, p, W // p, p)
+        mean = patches.mean(dim=(1, 3, 5), keepdim=True)
+        std = (patches.var(dim=(1, 3, 5), unbiased=True, keepdim=True) + 1e-6).sqrt()
+        return patches, mean, std
 
     def patch_loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MSE of ``pred`` (B,C,H,W) to per-patch-per-channel normalised ``x``, mean over masked patches."""
-        target = self._patches(x.float())
-        mean = target.mean(dim=(3, 5), keepdim=True)
-        std = (target.var(dim=(3, 5), unbiased=False, keepdim=True) + 1e-6).sqrt()
-        per_patch = (self._patches(pred.float()) - (target - mean) / std).square().mean(dim=(1, 3, 5))  # (B,h,w)
-        masked = (~mask[:, 0]).float()
-        return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+        """MSE of ``pred`` (B,C,H,W) to the per-patch normalised ``x``, mean over masked patches."""
+        target, mean, std = self._patch_stats(x)
+        B, C, H, W = pred.shape
+        p = self.downsample_ratio
+        pred = pred.to(target.dtype).reshape(B, C, H // p, p, W // p, p)
+        per_patch = (pred - (target - mean) / std).square().mean(dim=(1, 3, 5))  # (B, h, w)
+        masked = (~mask[:, 0]).to(per_patch.dtype)
+        return (per_patch * masked).sum() / masked.sum().clamp(min=1e-8)  # official: int count + 1e-8 in float32
 
     def _denormalise(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        target = self._patches(x.float())
-        mean = target.mean(dim=(3, 5), keepdim=True)
-        std = (target.var(dim=(3, 5), unbiased=False, keepdim=True) + 1e-6).sqrt()
-        return (self._patches(pred.float()) * std + mean).reshape(x.shape).to(x.dtype)
+        _, mean, std = self._patch_stats(x)
+        B, C, H, W = pred.shape
+        p = self.downsample_ratio
+        patches = pred.to(mean.dtype).reshape(B, C, H // p, p, W // p, p)
+        return (patches * std + mean).reshape(x.shape).to(x.dtype)
 
     # ----------------------------------------------------------------------------- forward
     def decode(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
@@ -233,12 +353,15 @@ class SparK(nn.Module):
                 y = y + dense[2 - i]
         return self.head(y)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-        """x (B,C,H,W) -> {"loss": scalar, "reconstruction": (B,C,H,W) detached, image scale, "mask": (B,1,h,w)}."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict:
+        """x (B,C,H,W) -> {"loss": scalar, "reconstruction": (B,C,H,W) detached, image scale, "mask": (B,1,h,w)}.
+
+        ``generator`` drives the drop-path draws (the mask, if ``None``, comes from the global RNG)."""
         self._check(x, mask)
         if mask is None:
             mask = self.random_mask(x.shape[0], device=x.device)
-        pred = self.decode(self.sparse_features(x, mask), mask)
+        pred = self.decode(self.sparse_features(x, mask, generator), mask)
         loss = self.patch_loss(pred, x, mask)
         with torch.no_grad():
             reconstruction = self._denormalise(pred.detach(), x)

@@ -2,8 +2,9 @@
 
 An online network (ResNet -> projector -> predictor) predicts the projection of another view
 made by a target network (ResNet -> projector), an exponential moving average of the online one
-whose momentum follows a cosine from 0.99 to 1 over the run. Loss: negative cosine similarity,
-symmetrised over the two views. Paper settings: 2 crops of 224 px from 512 px slices, flip,
+whose momentum follows a cosine from 0.996 to 1 over the run (BYOL; Bolts' ``BYOLMAWeightUpdate``).
+Loss: negative cosine similarity of both directions, scaled by ``loss_scale`` (4: BYOL's sum of
+``2 - 2 cos`` over both directions, up to a constant). Paper settings: 2 crops of 224 px from 512 px slices, flip,
 Gaussian blur (always on view 1, 10 % on view 2, as BYOL), LARS lr 1e-3, wd 1.5e-6, batch 64.
 
 CT slices are grey: the normalised slice is repeated to 3 channels (as the paper), so the
@@ -85,4 +86,4 @@ class BYOL(PretrainModule):
         v0, v1 = (self.rgb(v) for v in self.views(x, generator))
         p0, p1 = self.online(v0), self.online(v1)
         z0, z1 = self.target(v0), self.target(v1)
-        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        return 0.5 * self.cfg.loss_scale * (self.criterion(p0, z1) + self.criterion(p1, z0))

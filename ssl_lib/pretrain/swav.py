@@ -10,10 +10,13 @@ lr 0.15, wd 1e-6, batch 128, prototypes frozen for the first 313 steps.
 CT slices are grey: the normalised slice is repeated to 3 channels (as the paper), so the
 exported encoder is a stock torchvision ResNet state dict.
 
-Heads and loss from lightly (``SwaVProjectionHead``, ``SwaVPrototypes``, ``SwaVLoss``); LARS from
-lightly. The prototypes are frozen as in the SwAV reference code, by dropping their gradients for
-the first ``frozen_prototype_steps`` steps (rather than lightly's ``requires_grad`` toggle, which
-DDP does not allow mid-run), and re-normalised to the unit sphere before every step. Under DDP
+Projection head and loss from lightly (``SwaVProjectionHead``, ``SwaVLoss``); LARS from lightly.
+The prototypes are a bias-free linear layer as in SwAV's code (lightly's ``SwaVPrototypes`` has
+a bias), frozen as in the SwAV reference code by dropping their gradients for the first
+``frozen_prototype_steps`` steps (rather than a ``requires_grad`` toggle, which DDP does not
+allow mid-run), and re-normalised to the unit sphere before every step. LARS adapts and decays
+every parameter (``exclude_norm_bias = False``, as SwAV's LARC and the authors' Bolts default);
+``True`` keeps norms and biases out (the quick profile). Under DDP
 the Sinkhorn sums run over all ranks (``sinkhorn_gather_distributed``) and, on GPUs, the batch
 norms become SyncBatchNorm. No feature queue (the paper's table lists none).
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightly.loss import SwaVLoss
-from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.heads import SwaVProjectionHead
 from lightly.utils.lars import LARS
 from torch import nn
 
@@ -45,7 +48,7 @@ class SwAV(PretrainModule):
         cfg = self.cfg
         self.backbone = build_backbone(cfg.arch)
         self.projection_head = SwaVProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim)
-        self.prototypes = SwaVPrototypes(cfg.proj_dim, cfg.n_prototypes, n_steps_frozen_prototypes=0)
+        self.prototypes = nn.Linear(cfg.proj_dim, cfg.n_prototypes, bias=False)
         self.criterion = SwaVLoss(temperature=cfg.temperature, sinkhorn_iterations=cfg.sinkhorn_iterations,
                                   sinkhorn_epsilon=cfg.sinkhorn_epsilon)
         blur = cfg.blur_p[0] if cfg.blur_p else 0.0
@@ -60,6 +63,16 @@ class SwAV(PretrainModule):
 
     def online_modules(self):
         return [self.backbone, self.projection_head, self.prototypes]
+
+    def param_groups(self):
+        if self.cfg.exclude_norm_bias:
+            return super().param_groups()
+        return [{"params": self.trainable_parameters(), "name": "all"}]
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        """Project the prototype vectors (rows of the weight) back onto the unit sphere."""
+        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
     def make_optimizer(self, param_groups):
         return LARS(param_groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
@@ -76,7 +89,7 @@ class SwAV(PretrainModule):
         return list(scores.float().chunk(len(crops)))  # Sinkhorn (exp of scores / 0.05) in float32 under AMP
 
     def step_loss(self, x, generator=None):
-        self.prototypes.normalize()
+        self.normalize_prototypes()
         views = self.views(x, generator)
         high = self.scores(views[:2])
         low = self.scores(views[2:]) if self.cfg.n_small else []

@@ -1,0 +1,112 @@
+"""The authors' fine-tuning augmentation with MONAI, and BatchNorm training as Lightning's BackboneFinetuning."""
+
+import math
+
+import pytest
+import torch
+
+import ssl_lib.finetune as ft
+from ssl_lib.finetune_augment import MonaiAugment
+from ssl_lib.models.classifier import Classifier
+
+PROFILE = ft.get_profile("smoke", batch_size=16)
+
+
+def _batch(n=8, size=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def test_a_seed_gives_the_same_batch():
+    x = _batch()
+    a1, a2, b = MonaiAugment(seed=3), MonaiAugment(seed=3), MonaiAugment(seed=4)
+    first, again, other = a1(x), a2(x), b(x)
+    assert first.shape == x.shape and first.dtype == x.dtype and first.device == x.device
+    assert type(first) is torch.Tensor  # a plain tensor, not MONAI's MetaTensor
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(a1(x), first)  # the generator moves on: the next batch differs
+
+
+def test_flip_is_monais_randflip_over_both_spatial_axes():
+    x = _batch(n=32)
+    out = MonaiAugment(seed=0, rotate=False)(x)
+    same = [(o == i).all().item() for o, i in zip(out, x)]
+    flipped = [(o == i.flip(-1, -2)).all().item() for o, i in zip(out, x)]
+    assert all(s or f for s, f in zip(same, flipped))
+    assert 4 <= sum(flipped) <= 28 and 4 <= sum(same) <= 28  # about half
+
+
+def test_rotation_stays_within_15_degrees_and_keeps_size():
+    size = 41
+    x = torch.zeros(16, 1, size, size)
+    x[:, :, 20, 34] = 1.0  # a dot 14 px right of the centre (angle 0)
+    out = MonaiAugment(seed=1, flip_prob=0.0, rotate_prob=1.0)(x)
+    assert out.shape == x.shape
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    angles = []
+    for o in out[:, 0]:
+        w = o.clamp(min=0)
+        cy, cx = (w * yy).sum() / w.sum() - 20, (w * xx).sum() / w.sum() - 20
+        angles.append(math.degrees(math.atan2(cy.item(), cx.item())))
+    assert all(abs(a) <= 15.5 for a in angles) and max(abs(a) for a in angles) > 3  # rotated, within +-15 deg
+    const = MonaiAugment(seed=2, flip_prob=0.0, rotate_prob=1.0)(torch.full((2, 3, 16, 16), 0.7))
+    torch.testing.assert_close(const, torch.full_like(const, 0.7))  # border padding: nothing black enters
+
+
+def test_bad_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="float batch"):
+        MonaiAugment()(torch.zeros(3, 8, 8))
+
+
+def _tensors(n=24, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 255, (n, 1, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 2
+
+
+def test_paper_profile_uses_monai_and_lightning_bn():
+    paper = ft.PROFILES["paper"]
+    assert paper.augment == "monai" and paper.train_bn_frozen and not paper.cached_features
+    assert ft.PROFILES["quick"].augment == "flip" and ft.PROFILES["quick"].cached_features
+
+
+def test_bn_trains_while_the_backbone_is_frozen_as_backbone_finetuning():
+    x, y = _tensors()
+    torch.manual_seed(0)
+    model = Classifier("resnet18", 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0, augment="monai", train_bn_frozen=True)
+    ft.fit(model, x, y, x[:8], y[:8], prof, mean=0.5, std=0.25)
+    after = model.state_dict()
+    convs = [k for k in before if k.startswith("backbone.") and "conv" in k and k.endswith("weight")]
+    bns = [k for k in before if k.startswith("backbone.") and ".bn" in k or k.startswith("backbone.bn")]
+    assert convs and bns
+    for k in convs:
+        assert torch.equal(before[k], after[k]), k  # frozen
+    for k in ("backbone.bn1.weight", "backbone.bn1.bias", "backbone.bn1.running_mean", "backbone.layer4.1.bn2.weight"):
+        assert not torch.equal(before[k], after[k]), k  # BN layers train (mode and parameters)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(p.requires_grad for p in model.parameters())
+
+    torch.manual_seed(0)
+    plain = Classifier("resnet18", 2)
+    ref = {k: v.clone() for k, v in plain.state_dict().items()}
+    ft.fit(plain, x, y, x[:8], y[:8], ft.get_profile(prof, train_bn_frozen=False), mean=0.5, std=0.25)
+    for k, v in plain.state_dict().items():  # eval-mode frozen backbone: BN untouched, augmentation or not
+        if k.startswith("backbone."):
+            assert torch.equal(ref[k], v), k
+
+
+def test_monai_fit_is_reproducible_and_differs_from_flip():
+    x, y = _tensors()
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=1, augment="monai", train_bn_frozen=True)
+    runs = []
+    for augment in ("monai", "monai", "flip"):
+        torch.manual_seed(0)
+        model = Classifier("resnet18", 2)
+        res = ft.fit(model, x, y, x[:8], y[:8], ft.get_profile(prof, augment=augment), mean=0.5, std=0.25, seed=5)
+        runs.append(res.curves["train_loss"].tolist())
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    with pytest.raises(ValueError, match="augmentation"):
+        ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], ft.get_profile(prof, augment="rotate"),
+               mean=0.5, std=0.25)
