@@ -16,9 +16,13 @@ OUT ?= outputs/$(PROFILE)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: study book test install clean
+.PHONY: study book test install lab publish clean
 
+# ssl_lib is installed editable into the environment, so a kernel started anywhere (JupyterLab runs
+# notebooks in notebooks/) imports it; redone when the environment's ssl_lib is another clone's.
 install: $(VENV)/.complete
+	@cd / && env -u PYTHONPATH "$(PY)" -c "import ssl_lib,sys; sys.exit(ssl_lib.__file__ != '$(CURDIR)/ssl_lib/__init__.py')" 2>/dev/null \
+	  || "$(PY)" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 # No file prerequisite: the hash of requirements.txt is in the path, and a fresh clone's newer
 # file times must not trigger a rebuild of an environment that already matches.
@@ -38,6 +42,13 @@ book: install
 
 test: install
 	"$(PY)" -m pytest -q tests $(PYTEST_ARGS)
+
+# JupyterLab on the study: the notebooks run as they are (relative output_dir values are under the
+# repository root), on the study's kernel (ssl_lib/jupyter: no TCP warning in the terminal).
+LAB_ARGS ?=
+lab: install
+	JUPYTER_PATH="$(CURDIR)/ssl_lib/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))" "$(VENV)/bin/jupyter" lab \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _build outputs

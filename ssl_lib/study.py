@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .kernel import jupyter_env
 from .paths import StudyPaths
 from .widgets import BATCH_ENV, NOTE
 
@@ -110,7 +111,7 @@ def _launch(step: Step, paths: StudyPaths, profile: str, extra: dict | None, log
     out_nb = paths.notebooks / Path(step.notebook).name
     fd, error_file = tempfile.mkstemp(prefix=f".{step.name}-", suffix=".json", dir=paths.notebooks)
     os.close(fd)
-    env = dict(os.environ)
+    env = jupyter_env()  # the study's kernel spec: no "TCP without encryption" warning per step
     # figures must reach the executed notebook: the kernel inherits the environment, and a
     # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -377,19 +378,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "_notebook":
             return execute_notebook(args.template, args.out, args.error_file, json.loads(args.params), args.log_output)
         if args.command == "study":
-            out = args.output or f"outputs/{args.profile}"
+            # a folder given on the command line is relative to the working folder; the default
+            # (and any relative folder a notebook names) to the repository root
+            out = Path(args.output).resolve() if args.output else f"outputs/{args.profile}"
             run_study(out, args.profile, args.steps, _parse_extra(args.param), book=not args.no_book,
                       log_output=args.log_output, jobs=args.jobs)
         elif args.command == "pretrain":
             from .pretrain import pretrain
 
-            paths = StudyPaths(args.output)
+            paths = StudyPaths(Path(args.output).resolve())
             result = pretrain(args.method, args.store or paths.store("lidc"), paths.pretrain(args.method),
                               profile=args.profile, epochs=args.epochs, batch_size=args.batch_size,
                               devices=args.devices, num_nodes=args.nodes, num_workers=args.num_workers)
             print(f"{args.method}: {result.epochs_done} epochs, encoders in {result.run_dir / 'encoders'}")
         else:
-            print(build_book(StudyPaths(args.output)))
+            print(build_book(StudyPaths(Path(args.output).resolve())))
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
