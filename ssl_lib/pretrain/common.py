@@ -65,6 +65,7 @@ from lightly.models.utils import get_weight_decay_parameters
 from torch import nn
 
 from ..augment import ViewTransform
+from ..console import quiet_lightning
 from ..data.store import SliceStore, StoreError, normalize_batch
 from ..models.backbone import build_backbone, encoder_state_dict
 from ..precision import is_cuda, resolve_channels_last, resolve_precision
@@ -778,6 +779,7 @@ def pretrain(
     use_gpu = is_cuda(accelerator)
     module.use_device_options(cuda=use_gpu)
     data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+    quiet_lightning()  # no GPU/TPU/tip/"fit stopped" chatter on the notebook pages (ssl_lib.console)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
         precision=cfg.precision,
