@@ -53,3 +53,25 @@ def test_control_lightning_is_chatty_without_it(capfd):
     rank_zero_info("GPU available: probe")
     assert "probe" not in capfd.readouterr().err
     assert all(logging.getLogger(n).level == logging.WARNING for n in LIGHTNING_LOGGERS)
+
+
+def test_seaborn_heatmap_warns_nothing():
+    """A seaborn heat map (confusion matrices, correlation maps) leaves no deprecation notice on the page."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import seaborn as sns
+
+    import ssl_lib  # noqa: F401  (its import sets the filters)
+    from ssl_lib.console import quiet_libraries
+
+    quiet_libraries()  # pytest resets warning filters per test: set them again as the import did
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_libraries()
+        sns.heatmap(np.eye(3), annot=True, center=0, cmap="RdBu_r")  # center: the path that warns
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning,
+                                                             FutureWarning))], [str(w.message) for w in caught]

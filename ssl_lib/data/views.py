@@ -79,12 +79,31 @@ def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU
     return fig
 
 
-def slice_browser(store: SliceStore):
-    """An ipywidgets browser of a store's slices (and masks) for JupyterLab (a note in batch runs)."""
-    from ..widgets import batch_note, batch_run
+def draw_slice(store: SliceStore, i: int, show_mask: bool = True) -> plt.Figure:
+    """One slice of a store with its class, split and (if any) mask outline in red."""
+    fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    ax.imshow(store.images[i], cmap="gray", vmin=0, vmax=255)
+    if show_mask and store.masks is not None and store.masks[i].any():
+        ax.contour(store.masks[i], levels=[0.5], colors="red")
+    row = store.manifest.iloc[i]
+    label = store.class_names[row.label] if row.label >= 0 and store.class_names else "unlabelled"
+    ax.set_title(f"#{i} {label} ({row.split})", fontsize=10)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def slice_browser(store: SliceStore, max_frames: int = 24):
+    """A browser of a store's slices (and masks): ipywidgets in JupyterLab; in a batch run (the
+    book) a :func:`ssl_lib.viewer.frame_viewer` over ``max_frames`` evenly spaced slices."""
+    from ..viewer import evenly_spaced, frame_viewer
+    from ..widgets import batch_run
 
     if batch_run():
-        return batch_note()
+        picks = evenly_spaced(len(store), max_frames)
+        return frame_viewer(lambda k: draw_slice(store, picks[k]), [("slice", [f"#{i}" for i in picks])],
+                            title=f"{store.meta.get('name', 'store')}: {len(picks)} of {len(store)} slices"
+                                  + (", masks in red" if store.masks is not None else ""))
     import ipywidgets as widgets
 
     out = widgets.Output()
@@ -92,17 +111,9 @@ def slice_browser(store: SliceStore):
     show_mask = widgets.Checkbox(value=store.masks is not None, description="mask", disabled=store.masks is None)
 
     def draw(*_):
-        i = slider.value
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(3.5, 3.5))
-            ax.imshow(store.images[i], cmap="gray", vmin=0, vmax=255)
-            if show_mask.value and store.masks is not None and store.masks[i].any():
-                ax.contour(store.masks[i], levels=[0.5], colors="red")
-            row = store.manifest.iloc[i]
-            label = store.class_names[row.label] if row.label >= 0 and store.class_names else "unlabelled"
-            ax.set_title(f"#{i} {label} ({row.split}) patient {row.patient[:6]}…", fontsize=8)
-            ax.axis("off")
+            draw_slice(store, slider.value, show_mask.value)
             plt.show()
 
     slider.observe(draw, "value")

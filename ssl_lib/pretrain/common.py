@@ -904,17 +904,16 @@ def plot_views(views: dict[str, torch.Tensor], samples: Sequence[int] | None = N
 
 
 def view_browser(views: dict[str, torch.Tensor]):
-    """An ipywidgets slider over the samples (shows nothing in a static book: pair it with :func:`plot_views`).
-
-    In a batch run (:func:`ssl_lib.widgets.batch_run`) a note instead."""
-    from ..widgets import batch_note, batch_run
-
-    if batch_run():
-        return batch_note()
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
+    """A slider over the samples, each drawn by :func:`plot_views`: ipywidgets in JupyterLab; in a
+    batch run (the book) a :func:`ssl_lib.viewer.frame_viewer` of the same figures."""
+    from ..viewer import frame_viewer
+    from ..widgets import batch_run
 
     n = next(iter(views.values())).shape[0]
+    if batch_run():
+        return frame_viewer(lambda i: plot_views(views, [i]), [("slice", [str(i) for i in range(n)])], slider=[True])
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
 
     def show(sample: int = 0):
         fig = plot_views(views, [sample])
