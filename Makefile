@@ -1,6 +1,8 @@
 # ssl-ct: two commands on a fresh machine (see README):
 #   make study   install (once), run the whole study on the built-in synthetic CT data, build the book
 #   make test    install (once), run the tests
+# and: make book (rebuild the book from an output folder), make lab (JupyterLab on the notebooks),
+#      make publish (run the study, push its book to the gh-pages branch)
 #
 # The environment is a virtualenv keyed by the hash of requirements.txt, kept outside the clone
 # ($(SSL_CT_HOME), default ~/.cache/ssl-ct): repeat runs and other clones reuse it as long as the
@@ -49,6 +51,16 @@ LAB_ARGS ?=
 lab: install
 	JUPYTER_PATH="$(CURDIR)/ssl_lib/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))" "$(VENV)/bin/jupyter" lab \
 	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Publishing: the same build as `make study` (and as .github/workflows/book.yml), then ghp-import
+# commits the HTML to the $(PAGES_BRANCH) branch and pushes it to $(PAGES_REMOTE) (GitHub Pages
+# serves that branch). PUBLISH_BUILD=book publishes an already run study without rerunning it.
+PAGES_BRANCH ?= gh-pages
+PAGES_REMOTE ?= origin
+PUBLISH_BUILD ?= study
+publish: $(PUBLISH_BUILD)
+	"$(VENV)/bin/ghp-import" --no-jekyll --force --push --branch "$(PAGES_BRANCH)" --remote "$(PAGES_REMOTE)" \
+	  --message "Book of the $(PROFILE) study" "$(OUT)/book/_build/html"
 
 clean:
 	rm -rf _build outputs

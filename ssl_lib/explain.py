@@ -654,7 +654,7 @@ def _overlay(ax, image, heat_map, alpha, cmap):
 
 def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | None = None,
                   inits: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
-                  show_mask: bool = True, panel_size: float = 2.0):
+                  show_mask: bool = True, panel_size: float = 1.35):
     """The paper's Figure 4: one image per row (``n_examples`` per class, finding first, or the
     given positions ``rows``), the input in the first column (lesion outline in white where a
     mask exists), then one Grad-CAM overlay per method with the probability it gives the
@@ -675,7 +675,7 @@ def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | 
             ax = axes[r, c]
             _overlay(ax, heat.images[i], heat.maps[init][i], alpha, cmap)
             if init in heat.probs:
-                ax.text(0.02, 0.02, f"p={heat.probs[init][i]:.2f}", transform=ax.transAxes, fontsize=7,
+                ax.text(0.02, 0.02, f"p={heat.probs[init][i]:.2f}", transform=ax.transAxes, fontsize=8,
                         color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
     for c, title in enumerate(["Input"] + [_label(i) for i in inits]):
         axes[0, c].set_title(title, fontsize=10)
@@ -721,7 +721,7 @@ def plot_localisation(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     metrics = [("energy", "energy share inside mask"), ("pointing", "pointing-game hit rate")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4), squeeze=False)
     for ax, (metric, title) in zip(axes[0], metrics):
         t = table[table["metric"] == metric].reset_index(drop=True)
         ax.set_title(title, fontsize=10)

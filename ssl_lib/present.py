@@ -161,11 +161,12 @@ def full_table(table: pd.DataFrame, filename: str, *, summary: str = "The full t
 
 # ----------------------------------------------------------------------------- reduction curves
 def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1")):
-    """Figure 5 one panel at a time: pick a task and a metric (a frame viewer, live or static)."""
+    """Figure 5 one panel at a time: pick a task and a metric (live widgets in JupyterLab, a
+    frame viewer in the book: :func:`ssl_lib.viewer.browser`)."""
     import matplotlib.pyplot as plt
 
     from .report import INIT_LABELS, TASK_LABELS, _order_inits, summary
-    from .viewer import frame_viewer
+    from .viewer import browser
 
     s = summary(results, metrics)
     tasks = [t for t in TASK_LABELS if t in set(s["task"])] + sorted(set(s["task"]) - set(TASK_LABELS))
@@ -190,8 +191,8 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
         fig.tight_layout()
         return fig
 
-    return frame_viewer(render, [("task", [TASK_LABELS.get(t, t) for t in tasks]),
-                                 ("metric", [m.upper() for m in metrics])], slider=[False, False])
+    return browser(render, [("task", [TASK_LABELS.get(t, t) for t in tasks]),
+                            ("metric", [m.upper() for m in metrics])], slider=[False, False])
 
 
 def legibility_problems(fig, *, max_width_px: int = 840, min_points: float = 8.0, dpi: float = 100) -> list[str]:

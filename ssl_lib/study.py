@@ -32,7 +32,7 @@ import pandas as pd
 
 from .kernel import jupyter_env
 from .paths import StudyPaths
-from .widgets import BATCH_ENV, NOTE
+from .widgets import BATCH_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +158,14 @@ def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, 
 
 
 def stage_book(paths: StudyPaths) -> Path:
-    """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root)."""
+    """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root).
+
+    Each notebook becomes a page as :func:`_copy_without_widget_state` prepares it: no live
+    widgets or progress bars, no local paths, and the synthetic-data notice where any source was
+    synthetic (:func:`ssl_lib.present.synthetic_notice`).
+    """
+    from .present import synthetic_notice
+
     stage = paths.root / "book"
     if stage.exists():
         for item in stage.iterdir():
@@ -168,26 +175,68 @@ def stage_book(paths: StudyPaths) -> Path:
     for name in BOOK_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, stage / name)
+            shutil.copytree(src, stage / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, stage / name)
     (stage / "notebooks").mkdir(exist_ok=True)
+    notice = synthetic_notice(paths.root)
     for step in STEPS:
         executed = paths.notebooks / Path(step.notebook).name
         # a step not run yet appears with its template (prose, no outputs)
-        _copy_without_widget_state(executed if executed.exists() else step.template, stage / "notebooks" / executed.name)
+        _copy_without_widget_state(executed if executed.exists() else step.template,
+                                   stage / "notebooks" / executed.name, paths, notice if executed.exists() else "")
     if paths.timings.exists():
         _append_timings(stage / "book" / "reproduce.md", pd.read_csv(paths.timings))
     return stage
 
 
-def _copy_without_widget_state(src: Path, dst: Path) -> None:
-    """Copy a notebook for the book, dropping live-widget state and views.
+#: Output types that are only ever progress bars or live widgets: nothing a static page can show.
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
-    Widgets need a kernel (JupyterLab); in a static page their state would make the build load
-    require.js and the widget manager from a CDN. Each widget cell of ours also draws a static
-    figure, which the book keeps.
+
+def _path_replacements(paths: StudyPaths | None) -> list[tuple[str, str]]:
+    """(absolute path, what the page shows instead), longest first: the output folder (relative to
+    the repository when inside it, else a placeholder), the repository, the home folder."""
+    pairs = []
+    if paths is not None:
+        root = paths.root.resolve()
+        try:
+            shown = root.relative_to(REPO).as_posix()
+        except ValueError:
+            shown = "<output folder>"
+        pairs.append((str(root), shown))
+    pairs += [(str(REPO), "."), (str(Path.home()), "~")]
+    return sorted({a: b for a, b in pairs if len(a) > 1}.items(), key=lambda p: -len(p[0]))
+
+
+def _strip_paths(value, pattern, table: dict):
+    """``value`` (a notebook's JSON tree) with every absolute path in ``table`` replaced; image data is left alone."""
+    if isinstance(value, str):
+        return pattern.sub(lambda m: table[m.group(0)], value)
+    if isinstance(value, list):
+        return [_strip_paths(v, pattern, table) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k.startswith("image/") else _strip_paths(v, pattern, table) for k, v in value.items()}
+    return value
+
+
+def _is_progress_bar(out: dict) -> bool:
+    text = out.get("text", "") if out.get("output_type") == "stream" else ""
+    return out.get("name") == "stderr" and ("\r" in text or "it/s]" in text or "s/it]" in text)
+
+
+def _copy_without_widget_state(src: Path, dst: Path, paths: StudyPaths | None = None, notice: str = "") -> None:
+    """Copy a notebook as a page of the book (and its "Download .ipynb").
+
+    * live widgets (their state and views) and progress bars go: a static page cannot use them,
+      and widget state would make the build load require.js and the widget manager from a CDN.
+      The notebooks' browsers show pre-rendered frames in batch runs (:mod:`ssl_lib.viewer`).
+    * absolute paths (the output folder, the repository, the home folder) become relative ones
+      in sources, outputs and metadata (papermill's injected ``output_dir`` among them).
+    * ``notice`` (Markdown), if any, goes right under the page's title.
     """
+    import re
+
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
@@ -195,11 +244,16 @@ def _copy_without_widget_state(src: Path, dst: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if "application/vnd.jupyter.widget-view+json" in data:
-                data.pop("application/vnd.jupyter.widget-view+json")
-                data["text/plain"] = NOTE
+        cell.outputs = [out for out in cell.get("outputs", [])
+                        if _WIDGET_VIEW not in out.get("data", {}) and not _is_progress_bar(out)]
+    table = dict(_path_replacements(paths))
+    pattern = re.compile("(?<![A-Za-z0-9+/=_.-])(?:" + "|".join(re.escape(a) for a in table) + ")(?![A-Za-z0-9+=_.-])")
+    nb = nbformat.from_dict(_strip_paths(dict(nb), pattern, table))
+    if notice:
+        at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# ") else 0
+        cell = nbformat.v4.new_markdown_cell(notice)
+        cell["id"] = "synthetic-data-notice"
+        nb.cells.insert(at, cell)
     nbformat.write(nb, dst)
 
 

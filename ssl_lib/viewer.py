@@ -91,3 +91,33 @@ def frame_viewer(render: Callable[..., object], axes: Sequence[tuple[str, Sequen
     return HTML(f'<div class="{VIEWER_CLASS}" style="margin:0.5em 0">{head}'
                 f'<div style="margin-bottom:0.4em">{"".join(controls)}</div>'
                 f'<div>{"".join(frames)}</div></div>')
+
+
+def browser(render: Callable[..., object], axes: Sequence[tuple[str, Sequence[str]]], *,
+            title: str = "", slider: Sequence[bool] | None = None):
+    """:func:`frame_viewer` in a batch run (the book); in JupyterLab the same controls as live
+    ipywidgets, each choice drawn by ``render`` when it is made."""
+    from .widgets import batch_run
+
+    if batch_run():
+        return frame_viewer(render, axes, title=title, slider=slider)
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    axes = [(str(name), [str(x) for x in labels]) for name, labels in axes]
+    slider = list(slider) if slider is not None else [len(labels) > 4 for _, labels in axes]
+    controls = {f"a{k}": (widgets.IntSlider(min=0, max=len(labels) - 1, value=0, description=name,
+                                            continuous_update=False) if as_slider else
+                          widgets.Dropdown(options=[(x, i) for i, x in enumerate(labels)], description=name))
+                for k, ((name, labels), as_slider) in enumerate(zip(axes, slider))}
+
+    def show(**values):
+        out = render(*(values[f"a{k}"] for k in range(len(axes))))
+        if isinstance(out, (bytes, bytearray)):
+            from IPython.display import Image, display
+
+            display(Image(out))
+        else:
+            plt.show()
+
+    return widgets.interactive(show, **controls)

@@ -74,13 +74,17 @@ def test_full_table_is_collapsible_with_a_csv_download():
         present.full_table(table, "comparisons.txt")
 
 
-def test_reduction_browser_one_frame_per_task_and_metric():
+def test_reduction_browser_one_frame_per_task_and_metric(monkeypatch):
     rng = np.random.default_rng(0)
     res = pd.DataFrame([{"task": t, "fraction": f, "init": i, "seed": s, "auc": rng.random(), "f1": rng.random(),
                          "accuracy": rng.random()}
                         for t in ("covid", "organs") for f in (1.0, 0.5) for i in ("random", "spark") for s in (0, 1)])
+    live = present.reduction_browser(res)  # JupyterLab: live widgets
+    assert [w.description for w in live.children[:2]] == ["task", "metric"]
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the book: frames
     page = present.reduction_browser(res).data
     assert page.count("<img data-key=") == 2 * 2 and page.count("<select") == 2
+    plt.close("all")
 
 
 def test_legibility_problems_find_small_text_and_wide_figures():

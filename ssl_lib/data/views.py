@@ -42,7 +42,7 @@ def class_counts(stores: dict[str, SliceStore]) -> pd.DataFrame:
 def show_examples(stores: dict[str, SliceStore], n: int = 6, seed: int = 0) -> plt.Figure:
     """A row of example slices per store, titled with the class, lesion masks outlined in red."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(stores), n, figsize=(1.7 * n, 1.9 * len(stores)), squeeze=False)
+    fig, axes = plt.subplots(len(stores), n, figsize=(1.35 * n, 1.55 * len(stores)), squeeze=False)
     for row, (name, s) in zip(axes, stores.items()):
         labels = s.labels
         if s.meta["task"] == "unlabeled":
@@ -68,7 +68,7 @@ def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU
     """Histogram of HU values of a CT series and of the same voxels after the interval mapping."""
     hu = np.asarray(hu_values, dtype=np.float32).ravel()
     grey = interval_map(hu, *hu_range)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.2, 3.2))
     a.hist(hu, bins=200, color="tab:blue", log=True)
     a.axvline(hu_range[0], color="k", ls="--", lw=0.8)
     a.axvline(hu_range[1], color="k", ls="--", lw=0.8)
