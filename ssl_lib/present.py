@@ -64,7 +64,7 @@ def _init_label(init: str) -> str:
     return INIT_LABELS.get(init, init).replace("- (random)", "random")
 
 
-def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.5):
+def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 0.3):
     """The comparisons as a grid: rows = pairs "A vs B", columns = task x training fraction, one
     panel per metric. A cell is blue where A is better and the difference holds, red where B is,
     grey where it does not hold, blank where it was not tested; the number is A - B.
@@ -83,6 +83,13 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.5):
     if missing:
         raise ValueError(f"verdict_grid: the comparisons table lacks the columns {sorted(missing)}")
     c = comparisons.copy()
+    rank = {i: k for k, i in enumerate(INIT_ORDER)}
+    # one row per unordered pair: A is the init that comes first in the paper's order (random, BYOL,
+    # SwAV, MoCo v2, SparK); a comparison stated the other way round is turned (A - B changes sign)
+    swap = np.array([(rank.get(a, 99), a) > (rank.get(b, 99), b) for a, b in zip(c["init_a"], c["init_b"])], dtype=bool)
+    if swap.any():
+        c.loc[swap, ["init_a", "init_b"]] = c.loc[swap, ["init_b", "init_a"]].to_numpy()
+        c.loc[swap, "diff"] = -c.loc[swap, "diff"].astype(float)
     if c.empty:
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.text(0.5, 0.5, "no comparisons", ha="center", va="center")
@@ -91,12 +98,11 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.5):
     c["fraction"] = c["fraction"].astype(float)
     order = {t: i for i, t in enumerate(TASK_LABELS)}
     cols = sorted({(t, f) for t, f in zip(c["task"], c["fraction"])}, key=lambda k: (order.get(k[0], 99), k[0], -k[1]))
-    rank = {i: k for k, i in enumerate(INIT_ORDER)}
     pairs = sorted({(a, b) for a, b in zip(c["init_a"], c["init_b"])},
                    key=lambda p: (rank.get(p[0], 99), rank.get(p[1], 99), p))
     metrics = list(dict.fromkeys(c["metric"]))
-    width = 2.0 + cell * len(cols)
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 0.9 + len(metrics) * (0.6 + cell * len(pairs))),
+    width = 2.2 + cell * len(cols)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 0.5 + len(metrics) * (1.0 + row * len(pairs))),
                              squeeze=False)
     cmap = ListedColormap(["#c0392b", "#d9d9d9", "#2f6fb3"])  # B better, does not hold, A better
     for ax, metric in zip(axes[:, 0], metrics):
@@ -117,7 +123,7 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.5):
             for k in range(len(cols)):
                 if text[r, k]:
                     ax.text(k, r, text[r, k], ha="center", va="center", fontsize=8,
-                            color="white" if code[r, k] != 1 else "black")
+                            color="white" if code[r, k] != 1 else "black", fontweight="bold" if code[r, k] != 1 else None)
         ax.set_yticks(range(len(pairs)), [f"{_init_label(a)} vs {_init_label(b)}" for a, b in pairs], fontsize=9)
         ax.set_xticks(range(len(cols)), [f"{f * 100:g}%" for _, f in cols], fontsize=8)
         ax.set_xticks(np.arange(len(cols) + 1) - 0.5, minor=True)
@@ -128,16 +134,17 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.5):
         starts = [k for k in range(len(cols)) if k == 0 or cols[k][0] != cols[k - 1][0]]
         for s_i, s in enumerate(starts):
             end = (starts[s_i + 1] if s_i + 1 < len(starts) else len(cols)) - 1
-            ax.text((s + end) / 2, -0.7, TASK_LABELS.get(cols[s][0], cols[s][0]), ha="center", va="bottom",
+            ax.text((s + end) / 2, -0.6, TASK_LABELS.get(cols[s][0], cols[s][0]), ha="center", va="bottom",
                     fontsize=9, fontweight="bold")
             if s:
                 ax.axvline(s - 0.5, color="black", linewidth=1.2)
         ax.set_ylim(len(pairs) - 0.5, -0.5)
-        ax.set_title(f"{metric.upper() if metric == 'auc' else metric}: A - B", fontsize=10, pad=18)
+        ax.set_title(f"{metric.upper() if metric in ('auc', 'f1') else metric}: A - B", fontsize=10, pad=20,
+                     loc="left")
     fig.legend(handles=[Patch(color="#2f6fb3", label="A better (holds)"), Patch(color="#c0392b", label="B better (holds)"),
                         Patch(color="#d9d9d9", label="does not hold")],
                loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / fig.get_size_inches()[1], 1, 1))
     return fig
 
 

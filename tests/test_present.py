@@ -59,6 +59,13 @@ def test_verdict_grid_colours_direction_and_holding():
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["random vs BYOL", "random vs SparK", "BYOL vs SparK"]
     assert present.legibility_problems(fig) == []
+    # a pair stated the other way round is the same row, its difference turned
+    turned = comp.copy()
+    first = turned.index[(turned["init_a"] == "random") & (turned["init_b"] == "spark")][0]
+    turned.loc[first, ["init_a", "init_b", "diff"]] = ["spark", "random", -turned.loc[first, "diff"]]
+    again = present.verdict_grid(turned)
+    assert [t.get_text() for t in again.axes[0].get_yticklabels()] == labels
+    assert (again.axes[0].images[0].get_array() == codes).all()
     with pytest.raises(ValueError, match="holds"):
         present.verdict_grid(comp.drop(columns="holds"))
     plt.close("all")

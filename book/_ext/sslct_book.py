@@ -3,17 +3,51 @@
 * Every page loads each script once. sphinx-thebe adds its configuration script (``const
   THEBE_JS_URL = ...``) a second time on Jupyter Book 1 rebuilds, and the second copy throws
   "Identifier 'THEBE_JS_URL' has already been declared" in the browser's console.
-* The theme starts in light mode unless ``html_theme_options.default_mode`` says otherwise
-  (left empty, pydata-sphinx-theme logs "Got invalid theme mode" as a console error).
+* The theme starts in light mode unless ``html_theme_options.default_mode`` says otherwise: the
+  theme's page template reads ``default_mode`` from the page context, which nothing sets under
+  Jupyter Book 1, and the empty mode makes pydata-sphinx-theme log "Got invalid theme mode" as a
+  console error.
+* Short table cells (numbers such as "0.737 ± 0.033", names) never break across lines, long
+  ones (sentences, lists) wrap: the cell gets ``white-space: nowrap`` when its text is at most
+  :data:`NOWRAP_CHARS` characters. Tables wider than the page scroll sideways (``ssl-ct.css``).
+* Pages name a favicon (``_static/favicon.svg``), so browsers do not ask the server for a
+  missing ``/favicon.ico`` (a 404 in the console).
 """
 
 from __future__ import annotations
 
+import re
+
+#: Table cells with at most this many characters of text stay on one line.
+NOWRAP_CHARS = 32
+_CELL = re.compile(r"<(td|th)((?:\s[^>]*)?)>([^<]{0,%d})</\1>" % NOWRAP_CHARS)
+
+
+def nowrap_short_cells(body: str) -> str:
+    """``body`` with ``style="white-space:nowrap"`` on every table cell of short plain text."""
+    return _CELL.sub(lambda m: f'<{m.group(1)}{m.group(2)} style="white-space:nowrap">{m.group(3)}</{m.group(1)}>'
+                     if "style=" not in m.group(2) else m.group(0), body)
+
+
+def _script_key(js) -> tuple:
+    """What makes two script entries the same: file name and attributes (an inline script's body among them)."""
+    if isinstance(js, str):
+        return (str(js), ())
+    attributes = getattr(js, "attributes", {}) or {}
+    return (getattr(js, "filename", None) or None, tuple(sorted((k, str(v)) for k, v in attributes.items())))
+
+
+def _page(app, pagename, templatename, context, doctree):
+    if "body" in context:
+        context["body"] = nowrap_short_cells(context["body"])
+    _unique_scripts(app, pagename, templatename, context, doctree)
+
 
 def _unique_scripts(app, pagename, templatename, context, doctree):
+    context.setdefault("default_mode", app.config.html_theme_options.get("default_mode", "light"))
     scripts, seen = [], set()
     for js in context.get("script_files", []):
-        key = (getattr(js, "filename", None) or str(js), repr(sorted(getattr(js, "attributes", {}).items())))
+        key = _script_key(js)
         if key not in seen:
             seen.add(key)
             scripts.append(js)
@@ -29,5 +63,5 @@ def _default_mode(app, config):
 
 def setup(app):
     app.connect("config-inited", _default_mode)
-    app.connect("html-page-context", _unique_scripts, priority=900)
+    app.connect("html-page-context", _page, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
