@@ -53,8 +53,9 @@ cells = [
     code("display(result.localisation.round(3)) if len(result.localisation) else print(\"no lesion masks in this store: nothing to localise\")\n"
          "fig = explain.plot_localisation(result.localisation)"),
     md("## Browse the heat maps\n\n"
-       "In JupyterLab with a live kernel: pick an image, a method and the overlay strength. The static book "
-       "shows the figures above instead."),
+       "Pick an image with the slider and a method from the menu. In JupyterLab the browser is live (with "
+       "the overlay strength too); in the book every image and method is drawn in advance, so it works "
+       "without a kernel."),
     code("try:\n"
          "    browser = explain.heatmap_browser(result.heat)\n"
          "except ImportError as err:  # no ipywidgets: the figures above still stand\n"
