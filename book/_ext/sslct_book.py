@@ -10,8 +10,9 @@
 * Short table cells (numbers such as "0.737 ± 0.033", names) never break across lines, long
   ones (sentences, lists) wrap: the cell gets ``white-space: nowrap`` when its text is at most
   :data:`NOWRAP_CHARS` characters. Tables wider than the page scroll sideways (``ssl-ct.css``).
-* Pages name a favicon (``_static/favicon.svg``), so browsers do not ask the server for a
-  missing ``/favicon.ico`` (a 404 in the console).
+* Pages name a favicon (``_static/favicon.svg``), and the site root has a ``favicon.ico`` for
+  pages that name none (Jupyter Book's redirecting ``index.html``): browsers then never ask the
+  server for a missing ``/favicon.ico`` (a 404 in the console).
 """
 
 from __future__ import annotations
@@ -61,7 +62,22 @@ def _default_mode(app, config):
     config.html_theme_options = options
 
 
+def _root_favicon(app, exception):
+    """Write ``favicon.ico`` (the same mark as ``_static/favicon.svg``, drawn with Pillow) at the site root."""
+    if exception is not None or app.builder.format != "html":
+        return
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((2, 2, 30, 30), fill="#2f6fb3")
+    draw.ellipse((7, 9, 25, 23), fill="#d9d9d9")
+    draw.ellipse((17, 12, 22, 17), fill="#c0392b")
+    img.save(f"{app.outdir}/favicon.ico", sizes=[(16, 16), (32, 32)])
+
+
 def setup(app):
+    app.connect("build-finished", _root_favicon)
     app.connect("config-inited", _default_mode)
     app.connect("html-page-context", _page, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
