@@ -75,3 +75,14 @@ def test_default_kernel_would_print_the_warning(tmp_path):
     if "JUPYTER_PATH" in os.environ and str(JUPYTER_DIR) in os.environ["JUPYTER_PATH"]:
         pytest.skip("this process already uses the study's kernel")
     assert TCP_WARNING in err.read_text()
+
+
+def test_make_lab_command():
+    """`make lab` starts JupyterLab at the repository on notebooks/, with the study's kernel spec,
+    and passes --allow-root exactly when run as root."""
+    venv = Path(sys.executable).parent.parent
+    dry = subprocess.run(["make", "-n", "lab", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in dry.replace("\\\n", " ").splitlines() if "jupyter" in x and " lab " in x)
+    assert f'JUPYTER_PATH="{JUPYTER_DIR}' in line and f'--ServerApp.root_dir="{REPO}"' in line
+    assert "/lab/tree/notebooks" in line
+    assert ("--allow-root" in line) == (os.getuid() == 0)
