@@ -100,3 +100,25 @@ def test_legibility_problems_find_small_text_and_wide_figures():
     problems = present.legibility_problems(fig)
     assert any("px wide" in p for p in problems) and any("tiny" in p for p in problems)
     plt.close("all")
+
+
+def test_the_books_figures_fit_the_page_and_are_legible():
+    """Figures of the pages are at most the text column wide (830 px at 100 dpi) with text >= 8 pt."""
+    from ssl_lib import report
+    from ssl_lib.data.views import hu_histogram
+
+    rng = np.random.default_rng(0)
+    res = pd.DataFrame([{"task": t, "fraction": f, "init": i, "seed": s, "auc": rng.random(), "f1": rng.random()}
+                        for t in ("covid", "organs", "brain") for f in (1.0, 0.5) for i in ("random", "byol", "spark")
+                        for s in (0, 1)])
+    curves = pd.DataFrame([{"init": i, "fraction": 1.0, "seed": s, "epoch": e, "train_loss": rng.random(),
+                            "val_accuracy": rng.random(), "phase": "linear" if e < 2 else "full"}
+                           for i in ("random", "byol", "spark") for s in (0, 1) for e in range(5)])
+    names = [f"organ-{k}" for k in range(11)]
+    pred = pd.DataFrame({"label": rng.integers(0, 11, 200), "pred": rng.integers(0, 11, 200),
+                         **{f"prob_{k}": rng.random(200) for k in range(11)}})
+    figures = {"figure5": report.figure5(res), "curves": report.plot_curves(curves),
+               "confusion": report.plot_confusion(pred, names), "hu": hu_histogram(rng.normal(0, 400, 5000))}
+    for name, fig in figures.items():
+        assert present.legibility_problems(fig, max_width_px=850) == [], name
+    plt.close("all")
