@@ -890,6 +890,7 @@ def plot_views(views: dict[str, torch.Tensor], samples: Sequence[int] | None = N
     names = list(views)
     n = next(iter(views.values())).shape[0]
     samples = list(range(min(n, 4))) if samples is None else list(samples)
+    size = min(size, 8.2 / len(names))  # at most the book's text column wide (SwAV has many crops)
     fig, axes = plt.subplots(len(samples), len(names), figsize=(size * len(names), size * len(samples)),
                              squeeze=False)
     for r, i in enumerate(samples):
