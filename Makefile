@@ -1,6 +1,8 @@
 # ssl-ct: two commands on a fresh machine (see README):
 #   make study   install (once), run the whole study on the built-in synthetic CT data, build the book
 #   make test    install (once), run the tests
+# and: make book (rebuild the book from an output folder), make lab (JupyterLab on the notebooks),
+#      make publish (run the study, push its book to the gh-pages branch)
 #
 # The environment is a virtualenv keyed by the hash of requirements.txt, kept outside the clone
 # ($(SSL_CT_HOME), default ~/.cache/ssl-ct): repeat runs and other clones reuse it as long as the
@@ -16,9 +18,13 @@ OUT ?= outputs/$(PROFILE)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: study book test install clean
+.PHONY: study book test install lab publish clean
 
+# ssl_lib is installed editable into the environment, so a kernel started anywhere (JupyterLab runs
+# notebooks in notebooks/) imports it; redone when the environment's ssl_lib is another clone's.
 install: $(VENV)/.complete
+	@cd / && env -u PYTHONPATH "$(PY)" -c "import ssl_lib,sys; sys.exit(ssl_lib.__file__ != '$(CURDIR)/ssl_lib/__init__.py')" 2>/dev/null \
+	  || "$(PY)" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 # No file prerequisite: the hash of requirements.txt is in the path, and a fresh clone's newer
 # file times must not trigger a rebuild of an environment that already matches.
@@ -38,6 +44,23 @@ book: install
 
 test: install
 	"$(PY)" -m pytest -q tests $(PYTEST_ARGS)
+
+# JupyterLab on the study: the notebooks run as they are (relative output_dir values are under the
+# repository root), on the study's kernel (ssl_lib/jupyter: no TCP warning in the terminal).
+LAB_ARGS ?=
+lab: install
+	JUPYTER_PATH="$(CURDIR)/ssl_lib/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))" "$(VENV)/bin/jupyter" lab \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Publishing: the same build as `make study` (and as .github/workflows/book.yml), then ghp-import
+# commits the HTML to the $(PAGES_BRANCH) branch and pushes it to $(PAGES_REMOTE) (GitHub Pages
+# serves that branch). PUBLISH_BUILD=book publishes an already run study without rerunning it.
+PAGES_BRANCH ?= gh-pages
+PAGES_REMOTE ?= origin
+PUBLISH_BUILD ?= study
+publish: $(PUBLISH_BUILD)
+	"$(VENV)/bin/ghp-import" --no-jekyll --force --push --branch "$(PAGES_BRANCH)" --remote "$(PAGES_REMOTE)" \
+	  --message "Book of the $(PROFILE) study" "$(OUT)/book/_build/html"
 
 clean:
 	rm -rf _build outputs

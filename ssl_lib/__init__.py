@@ -9,3 +9,7 @@ Data flows one way: sources -> :mod:`ssl_lib.data` (slice store) -> :mod:`ssl_li
 """
 
 __version__ = "0.1.0"
+
+from .console import quiet_libraries as _quiet_libraries
+
+_quiet_libraries()  # no plotting libraries' deprecation notices on the book's pages (ssl_lib.console)

@@ -716,7 +716,7 @@ def _overlay(ax, image, heat_map, alpha, cmap):
 
 def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | None = None,
                   inits: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
-                  show_mask: bool = True, panel_size: float = 2.0):
+                  show_mask: bool = True, panel_size: float = 1.35):
     """The paper's Figure 4: one image per row (``n_examples`` per class, finding first, or the
     given positions ``rows``), the input in the first column (lesion outline in white where a
     mask exists), then one Grad-CAM overlay per method with the probability it gives the
@@ -737,7 +737,7 @@ def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | 
             ax = axes[r, c]
             _overlay(ax, heat.images[i], heat.maps[init][i], alpha, cmap)
             if init in heat.probs:
-                ax.text(0.02, 0.02, f"p={heat.probs[init][i]:.2f}", transform=ax.transAxes, fontsize=7,
+                ax.text(0.02, 0.02, f"p={heat.probs[init][i]:.2f}", transform=ax.transAxes, fontsize=8,
                         color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
     for c, title in enumerate(["Input"] + [_label(i) for i in inits]):
         axes[0, c].set_title(title, fontsize=10)
@@ -783,7 +783,7 @@ def plot_localisation(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     metrics = [("energy", "energy share inside mask"), ("pointing", "pointing-game hit rate")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4), squeeze=False)
     for ax, (metric, title) in zip(axes[0], metrics):
         t = table[table["metric"] == metric].reset_index(drop=True)
         ax.set_title(title, fontsize=10)
@@ -806,37 +806,51 @@ def plot_localisation(table: pd.DataFrame):
     return fig
 
 
-def heatmap_browser(heat: HeatMaps, *, cmap: str = "jet"):
-    """An ipywidgets browser for JupyterLab: pick an image, a method and the overlay strength.
-    Returns the widget (a ``VBox``); it needs a live kernel, the static book shows the figures.
-    In a batch run (:func:`ssl_lib.widgets.batch_run`) a note instead."""
-    from .widgets import batch_note, batch_run
+def draw_heatmap(heat: HeatMaps, i: int, init: str, alpha: float = 0.5, cmap: str = "jet"):
+    """Image ``i`` of ``heat`` (lesion outline in white where a mask exists) beside ``init``'s heat map on it."""
+    import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    _overlay(axes[0], heat.images[i], None, alpha, cmap)
+    if heat.masks is not None and heat.masks[i].any():
+        axes[0].contour(heat.masks[i], levels=[0.5], colors="white", linewidths=0.8)
+    axes[0].set_title(f"input #{int(heat.indices[i])} ({heat.class_name(int(heat.labels[i]))})", fontsize=10)
+    _overlay(axes[1], heat.images[i], heat.maps[init][i], alpha, cmap)
+    p = f", p={heat.probs[init][i]:.2f}" if init in heat.probs else ""
+    axes[1].set_title(f"{_label(init)}{p}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_browser(heat: HeatMaps, *, cmap: str = "jet", max_images: int = 8):
+    """Pick an image and a method: ipywidgets in JupyterLab (with the overlay strength); in a
+    batch run (the book) a :func:`ssl_lib.viewer.frame_viewer` over ``max_images`` images x methods."""
+    from .viewer import evenly_spaced, frame_viewer
+    from .widgets import batch_run
+
+    names = [f"#{int(heat.indices[i])} {heat.class_name(int(heat.labels[i]))}" for i in range(len(heat))]
     if batch_run():
-        return batch_note()
+        if not len(heat) or not heat.inits:
+            from IPython.display import Markdown
+
+            return Markdown("*No heat maps to browse.*")
+        picks = evenly_spaced(len(heat), max_images)
+        return frame_viewer(lambda k, m: draw_heatmap(heat, picks[k], heat.inits[m], 0.5, cmap),
+                            [("image", [names[i] for i in picks]), ("method", [_label(i) for i in heat.inits])],
+                            slider=[True, False])
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    options = [(f"#{int(heat.indices[i])} {heat.class_name(int(heat.labels[i]))}", i) for i in range(len(heat))]
-    image = widgets.Dropdown(options=options, description="image")
+    image = widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], description="image")
     method = widgets.Dropdown(options=[(_label(i), i) for i in heat.inits], description="method")
     alpha = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="overlay")
     out = widgets.Output()
 
     def draw(*_):
-        i, init = image.value, method.value
         with out:
             out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-            _overlay(axes[0], heat.images[i], None, alpha.value, cmap)
-            if heat.masks is not None and heat.masks[i].any():
-                axes[0].contour(heat.masks[i], levels=[0.5], colors="white", linewidths=0.8)
-            axes[0].set_title("Input", fontsize=9)
-            _overlay(axes[1], heat.images[i], heat.maps[init][i], alpha.value, cmap)
-            p = f", p={heat.probs[init][i]:.2f}" if init in heat.probs else ""
-            axes[1].set_title(f"{_label(init)}{p}", fontsize=9)
-            fig.tight_layout()
+            fig = draw_heatmap(heat, image.value, method.value, alpha.value, cmap)
             display(fig)
             plt.close(fig)
 

@@ -10,6 +10,10 @@ notebooks and the study runner::
     out/gradcam/              heat maps, correlations, localisation scores
     out/notebooks/            executed notebooks (the book's generated pages read these)
     out/timings.csv           per-step wall-clock time of the study runner
+
+A relative output folder is taken relative to the repository root (:func:`resolve_output`), not
+to the working folder: a notebook opened in JupyterLab runs in ``notebooks/`` and its default
+``output_dir = "outputs/quick"`` must name the same folder the study runner wrote.
 """
 
 from __future__ import annotations
@@ -19,12 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+#: The repository root (the folder holding ``ssl_lib/``, ``notebooks/`` and ``_config.yml``).
+REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_output(path: str | os.PathLike) -> Path:
+    """``path`` itself if absolute, else the same path under the repository root (:data:`REPO`)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO / path
+
+
 @dataclass(frozen=True)
 class StudyPaths:
     root: Path
 
     def __init__(self, root: str | os.PathLike):
-        object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "root", resolve_output(root))
 
     @property
     def synthetic(self) -> Path:

@@ -19,7 +19,7 @@ import pandas as pd
 from .finetune import read_results
 from .metrics import metric_definitions  # noqa: F401  (re-exported for the book)
 from .reduction import STOP_F1
-from .tasks import TASKS, order_tasks, task_label
+from .tasks import TASKS, order_tasks
 
 INIT_ORDER = ["random", "byol", "swav", "mocov2", "spark"]
 INIT_LABELS = {"random": "- (random)", "byol": "BYOL", "swav": "SwAV", "mocov2": "MoCoV2", "spark": "SparK"}
@@ -234,7 +234,7 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
 
     s = summary(results, metrics)
     tasks = [t for t in (tasks or order_tasks(s["task"])) if t in set(s["task"])] or sorted(set(s["task"]))
-    fig, axes = plt.subplots(len(metrics), max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.2 * len(metrics)),
+    fig, axes = plt.subplots(len(metrics), max(len(tasks), 1), figsize=(2.8 * max(len(tasks), 1), 2.9 * len(metrics)),
                              squeeze=False)
     inits = [i for i in _order_inits(s["init"]) if include_random or i != "random"]
     for r, metric in enumerate(metrics):
@@ -272,7 +272,7 @@ def plot_curves(curves: pd.DataFrame, metric: str = "val_accuracy"):
     """Training loss and a validation metric per epoch, one line per run (init, fraction, seed)."""
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.2, 3.4))
     for key, grp in curves.groupby(["init", "fraction", "seed"], sort=False):
         label = f"{INIT_LABELS.get(key[0], key[0])} {key[1] * 100:g}% s{key[2]}"
         a.plot(grp["epoch"], grp["train_loss"], marker=".", label=label)
@@ -285,7 +285,7 @@ def plot_curves(curves: pd.DataFrame, metric: str = "val_accuracy"):
         ax.grid(alpha=0.3)
     a.set_ylabel("training loss")
     b.set_ylabel(metric.replace("_", " "))
-    b.legend(fontsize=7)
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -305,9 +305,12 @@ def plot_confusion(predictions: pd.DataFrame, class_names: Sequence[str] | None 
     import seaborn as sns
 
     cm = confusion(predictions, class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(cm), 1.0 + 0.45 * len(cm)))
-    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
-    ax.set_title("test confusion matrix")
+    side = max(3.2, 1.6 + 0.5 * len(cm))  # room for the class names and the title
+    fig, ax = plt.subplots(figsize=(side, side))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, square=True, annot_kws={"fontsize": 9})
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45 if len(cm) > 2 else 0, ha="right" if len(cm) > 2 else "center")
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+    ax.set_title("test confusion matrix", fontsize=10, pad=10)
     fig.tight_layout()
     return fig
 

@@ -60,9 +60,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
+from .kernel import jupyter_env
 from .paths import StudyPaths
 from .runfolder import RunFolder, StudyError
-from .widgets import BATCH_ENV, NOTE
+from .widgets import BATCH_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["STEPS", "Step", "StudyError", "StudyInterrupted", "run_study", "check_request", "main"]
@@ -448,7 +449,7 @@ def _launch(planned: _Planned, folder: RunFolder, log_output: bool, threads: int
     folder.tmp.mkdir(parents=True, exist_ok=True)
     error_file = folder.tmp / f"{step.name}-error.json"
     error_file.unlink(missing_ok=True)
-    env = dict(os.environ)
+    env = jupyter_env()  # the study's kernel spec: no "TCP without encryption" warning per step
     # figures must reach the executed notebook: the kernel inherits the environment, and a
     # non-interactive MPLBACKEND (Agg, common on servers and in CI) would swallow every plot
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -596,10 +597,15 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 def stage_book(paths: StudyPaths) -> Path:
     """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root).
 
-    ``<output>/book`` is the runner's own folder: staging refuses a folder it did not create
-    (and an output folder that is not a study's), and empties only that folder.
+    Each notebook becomes a page as :func:`_copy_without_widget_state` prepares it: no live
+    widgets or progress bars, no local paths, and the synthetic-data notice where any source was
+    synthetic (:func:`ssl_lib.present.synthetic_notice`). ``<output>/book`` is the runner's own
+    folder: staging refuses a folder it did not create (and an output folder that is not a
+    study's), and empties only that folder.
     """
     import pandas as pd
+
+    from .present import synthetic_notice
 
     folder = RunFolder(paths.root)
     if not folder.is_ours():
@@ -615,26 +621,68 @@ def stage_book(paths: StudyPaths) -> Path:
     for name in BOOK_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, stage / name)
+            shutil.copytree(src, stage / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, stage / name)
     (stage / "notebooks").mkdir(exist_ok=True)
+    notice = synthetic_notice(paths.root)
     for step in STEPS:
         executed = paths.notebooks / Path(step.notebook).name
         # a step not run yet appears with its template (prose, no outputs)
-        _copy_without_widget_state(executed if executed.exists() else step.template, stage / "notebooks" / executed.name)
+        _copy_without_widget_state(executed if executed.exists() else step.template,
+                                   stage / "notebooks" / executed.name, paths, notice if executed.exists() else "")
     if paths.timings.exists():
         _append_timings(stage / "book" / "reproduce.md", pd.read_csv(paths.timings))
     return stage
 
 
-def _copy_without_widget_state(src: Path, dst: Path) -> None:
-    """Copy a notebook for the book, dropping live-widget state and views.
+#: Output types that are only ever progress bars or live widgets: nothing a static page can show.
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
-    Widgets need a kernel (JupyterLab); in a static page their state would make the build load
-    require.js and the widget manager from a CDN. Each widget cell of ours also draws a static
-    figure, which the book keeps.
+
+def _path_replacements(paths: StudyPaths | None) -> list[tuple[str, str]]:
+    """(absolute path, what the page shows instead), longest first: the output folder (relative to
+    the repository when inside it, else a placeholder), the repository, the home folder."""
+    pairs = []
+    if paths is not None:
+        root = paths.root.resolve()
+        try:
+            shown = root.relative_to(REPO).as_posix()
+        except ValueError:
+            shown = "<output folder>"
+        pairs.append((str(root), shown))
+    pairs += [(str(REPO), "."), (str(Path.home()), "~")]
+    return sorted({a: b for a, b in pairs if len(a) > 1}.items(), key=lambda p: -len(p[0]))
+
+
+def _strip_paths(value, pattern, table: dict):
+    """``value`` (a notebook's JSON tree) with every absolute path in ``table`` replaced; image data is left alone."""
+    if isinstance(value, str):
+        return pattern.sub(lambda m: table[m.group(0)], value)
+    if isinstance(value, list):
+        return [_strip_paths(v, pattern, table) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k.startswith("image/") else _strip_paths(v, pattern, table) for k, v in value.items()}
+    return value
+
+
+def _is_progress_bar(out: dict) -> bool:
+    text = out.get("text", "") if out.get("output_type") == "stream" else ""
+    return out.get("name") == "stderr" and ("\r" in text or "it/s]" in text or "s/it]" in text)
+
+
+def _copy_without_widget_state(src: Path, dst: Path, paths: StudyPaths | None = None, notice: str = "") -> None:
+    """Copy a notebook as a page of the book (and its "Download .ipynb").
+
+    * live widgets (their state and views) and progress bars go: a static page cannot use them,
+      and widget state would make the build load require.js and the widget manager from a CDN.
+      The notebooks' browsers show pre-rendered frames in batch runs (:mod:`ssl_lib.viewer`).
+    * absolute paths (the output folder, the repository, the home folder) become relative ones
+      in sources, outputs and metadata (papermill's injected ``output_dir`` among them).
+    * ``notice`` (Markdown), if any, goes right under the page's title.
     """
+    import re
+
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
@@ -642,11 +690,16 @@ def _copy_without_widget_state(src: Path, dst: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if "application/vnd.jupyter.widget-view+json" in data:
-                data.pop("application/vnd.jupyter.widget-view+json")
-                data["text/plain"] = NOTE
+        cell.outputs = [out for out in cell.get("outputs", [])
+                        if _WIDGET_VIEW not in out.get("data", {}) and not _is_progress_bar(out)]
+    table = dict(_path_replacements(paths))
+    pattern = re.compile("(?<![A-Za-z0-9+/=_.-])(?:" + "|".join(re.escape(a) for a in table) + ")(?![A-Za-z0-9+=_.-])")
+    nb = nbformat.from_dict(_strip_paths(dict(nb), pattern, table))
+    if notice:
+        at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# ") else 0
+        cell = nbformat.v4.new_markdown_cell(notice)
+        cell["id"] = "synthetic-data-notice"
+        nb.cells.insert(at, cell)
     nbformat.write(nb, dst)
 
 
@@ -963,24 +1016,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "_notebook":
             return execute_notebook(args.template, args.out, args.error_file, json.loads(args.params), args.log_output)
         if args.command == "study":
-            out = args.output or f"outputs/{args.profile}"
+            # a folder given on the command line is relative to the working folder; the default
+            # (and any relative folder a notebook names) to the repository root
+            out = Path(args.output).resolve() if args.output else f"outputs/{args.profile}"
             run_study(out, args.profile, args.steps, _parse_extra(args.param) | _executor_params(args),
                       book=not args.no_book, log_output=args.log_output, jobs=args.jobs, overwrite=args.overwrite,
                       force=args.force)
         elif args.command == "pretrain":
             from .pretrain import pretrain
 
-            paths = StudyPaths(args.output)
+            paths = StudyPaths(Path(args.output).resolve())
             result = pretrain(args.method, args.store or paths.store("lidc"), paths.pretrain(args.method),
                               profile=args.profile, epochs=args.epochs, batch_size=args.batch_size,
                               devices=args.devices, num_nodes=args.nodes, num_workers=args.num_workers)
             print(f"{args.method}: {result.epochs_done} epochs, encoders in {result.run_dir / 'encoders'}")
         else:
-            folder = RunFolder(args.output)
+            folder = RunFolder(Path(args.output).resolve())
             if not folder.is_ours():
                 raise StudyError(f"{args.output} is not a study output folder (no manifest): nothing to build")
             with folder.locked("(book build)"):
-                print(build_book(StudyPaths(args.output)))
+                print(build_book(StudyPaths(Path(args.output).resolve())))
     except StudyInterrupted as err:
         print(err.message or "interrupted; run the same command again to resume", file=sys.stderr)
         return 128 + int(err.signum)

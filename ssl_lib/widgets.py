@@ -1,12 +1,14 @@
-"""Interactive browsers (ipywidgets) in batch runs: a note in their place.
+"""Interactive browsers (ipywidgets) in batch runs: pre-rendered frames in their place.
 
 The notebooks' browsers (:func:`ssl_lib.data.views.slice_browser`,
-:func:`ssl_lib.pretrain.view_browser`, :func:`ssl_lib.explain.heatmap_browser`) need a live
-kernel and a person; every cell that shows one also draws a static figure. When the study runner
+:func:`ssl_lib.pretrain.view_browser`, :func:`ssl_lib.explain.heatmap_browser`,
+:func:`ssl_lib.present.reduction_browser`) are live widgets in JupyterLab. When the study runner
 executes the notebooks (papermill) it sets ``SSL_CT_BATCH=1`` in the kernels' environment, and
-the browsers return a short note instead of widgets: nobody could use them there, and building
-an ``interactive``/``Output`` widget under nbclient intermittently leaves the cell waiting
-forever (jupyter/nbclient#312, jupyter/nbconvert#2029), which once stalled a whole study run.
+the browsers return a :func:`ssl_lib.viewer.frame_viewer` instead: plain HTML that works in the
+static book without a kernel, where widgets could not. Building an ``interactive``/``Output``
+widget under nbclient also intermittently leaves the cell waiting forever (jupyter/nbclient#312,
+jupyter/nbconvert#2029), which once stalled a whole study run. :func:`batch_note` is the plain
+note for a browser that has no frames to show.
 """
 
 from __future__ import annotations

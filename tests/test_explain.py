@@ -232,8 +232,10 @@ def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     box = explain.heatmap_browser(res.heat)
     assert box.children and len(box.children[0].children) == 3
     plt.close("all")
-    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: a note, no live widget
-    assert "JupyterLab" in explain.heatmap_browser(res.heat).data
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: pre-rendered frames for the book
+    page = explain.heatmap_browser(res.heat, max_images=3).data
+    assert "sslct-viewer" in page and page.count("<img data-key=") == 3 * len(res.heat.inits)
+    assert page.count("<select") == 1 and page.count('type="range"') == 1  # method menu, image slider
 
 
 def test_gradcam_for_a_cross_validated_task_uses_the_fold(tmp_path):

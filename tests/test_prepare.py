@@ -71,8 +71,9 @@ def test_views(out, monkeypatch):
     assert hu.ndim == 3 and hu.min() < -900 and hu.max() > 300  # air and bone in HU
     assert isinstance(views.hu_histogram_of("", out), matplotlib.figure.Figure)
     assert views.slice_browser(stores["covid"]).children  # a live widget
-    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: a note, no live widget
-    assert "JupyterLab" in views.slice_browser(stores["covid"]).data
+    monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: pre-rendered frames for the book
+    page = views.slice_browser(stores["covid"], max_frames=5).data
+    assert "sslct-viewer" in page and page.count("<img data-key=") == min(5, len(stores["covid"]))
 
 
 def test_user_source_replaces_synthetic(out, tmp_path):

@@ -74,7 +74,8 @@ def test_book_builds_offline_with_executed_notebook(tmp_path, tiny_steps, monkey
     html = index.parent
     page = (html / "notebooks" / "01_good.html").read_text()
     assert "hello" in page  # the executed output is in the book
-    assert "interactive widget" in page and "widget-view" not in page
+    assert "widget-view" not in page and "IntSlider(value=3)" not in page  # live widgets dropped from the static page
+    assert str(out) not in page and '"&lt;output folder&gt;"' in page  # no local path
     scripts = " ".join(re.findall(r'<script[^>]*src="([^"]+)"', page))
     assert "mathjax" in scripts.lower() and "cdn" not in scripts.lower() and "https://" not in scripts
     assert "Timing of the last run" in (html / "book" / "reproduce.html").read_text()

@@ -79,6 +79,6 @@ gives such a key one key per split; the table lists every file involved (empty: 
 ("code", "views.hu_histogram_of(lidc_root, output_dir);"),
 ("md", "## Class counts per split\n\nSlices per class in each patient-level split. The brain task is later split again into five cross-validation folds by patient."),
 ("code", "views.class_counts(stores)"),
-("md", "## Browse the slices\n\nIn JupyterLab, the slider steps through a store's slices with their masks."),
+("md", "## Browse the slices\n\nThe slider steps through a store's slices with their masks: every slice in JupyterLab, 24 evenly spaced slices drawn in advance in the book (no kernel needed)."),
 ("code", "views.slice_browser(views.first_labelled(stores))"),
 ])

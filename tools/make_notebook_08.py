@@ -9,7 +9,7 @@ cells = [
        "the methods by the Pearson correlation between two methods' heat maps of the same image, averaged "
        "over the test set. They found low mean correlations (0.02–0.07): the methods focus on different "
        "regions, mostly inside the lung.\n\n"
-       "This notebook computes the heat maps at the last ResNet stage (`layer4`) for the model of every "
+       "This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the third, see below) for the model of every "
        "initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 "
        "layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the "
        "data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises "
@@ -18,7 +18,7 @@ cells = [
          'output_dir = "outputs/quick"\n'
          'task = ""  # the task to explain; empty: the study\'s first (COVID-19 unless tasks say otherwise)\n'
          'fraction = 1.0  # which fine-tuned models: fraction of the training set ...\n'
-         'seed = 0  # ... and fine-tuning seed\n'
+         'run_seed = 0  # ... and fine-tuning seed (the grid keeps the models of its first seed; `seed` is the study\'s)\n'
          'fold = -1  # cross-validated tasks (brain): the fold of that model\n'
          'n_examples = 2  # example images per class in the Figure 4 layout',
          metadata={"tags": ["parameters"]}),
@@ -29,7 +29,7 @@ cells = [
        "min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on "
        "these images, its mean probability for the explained class, and how many maps are constant (no "
        "positive evidence at all: such maps have no defined correlation and are left out below)."),
-    code("result = explain.run_gradcam(output_dir, task, fraction, seed, profile=profile, fold=fold)\n"
+    code("result = explain.run_gradcam(output_dir, task, fraction, run_seed, profile=profile, fold=fold)\n"
          "display(result.heat.summary().round(3))"),
     md("## Figure 4: example heat maps\n\n"
        f"Rows: example test images (the finding first, then negatives); columns: the input (lesion outline in "
@@ -43,6 +43,12 @@ cells = [
        "reports means of 0.02–0.07 between its four pre-training methods."),
     code("display(result.correlation.round(3))\n"
          "fig = explain.plot_correlation(result.correlation)"),
+    md("Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no\n"
+       "positive evidence for the explained class) has no defined correlation and nothing to place.\n"
+       "The quick profile runs Grad-CAM on test images enlarged to 128 px at the third ResNet stage (an\n"
+       "8 × 8 grid, like the paper's 7 × 7 at 224 px), because the last stage at its 64 px training size\n"
+       "is a 2 × 2 grid that cannot point at a lesion."),
+    code("result.dropped.round(3)"),
     md("## Beyond the paper: do the heat maps find the lesion?\n\n"
        "On positive test images with a non-empty lesion mask: the **energy share** (the part of the heat "
        "map's total inside the mask) and the **pointing game** (is the map's maximum inside the mask, dilated "
@@ -53,8 +59,9 @@ cells = [
     code("display(result.localisation.round(3)) if len(result.localisation) else print(\"no lesion masks in this store: nothing to localise\")\n"
          "fig = explain.plot_localisation(result.localisation)"),
     md("## Browse the heat maps\n\n"
-       "In JupyterLab with a live kernel: pick an image, a method and the overlay strength. The static book "
-       "shows the figures above instead."),
+       "Pick an image with the slider and a method from the menu. In JupyterLab the browser is live (with "
+       "the overlay strength too); in the book every image and method is drawn in advance, so it works "
+       "without a kernel."),
     code("try:\n"
          "    browser = explain.heatmap_browser(result.heat)\n"
          "except ImportError as err:  # no ipywidgets: the figures above still stand\n"
@@ -62,6 +69,8 @@ cells = [
          "    print(f\"interactive browser unavailable ({err})\")\n"
          "browser"),
 ]
+for i, cell in enumerate(cells):  # stable ids: a regenerated template differs only where its text does
+    cell["id"] = f"nb08-{i:02d}"
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"}})

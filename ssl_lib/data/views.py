@@ -61,7 +61,7 @@ def class_counts(stores: dict[str, SliceStore]) -> pd.DataFrame:
 def show_examples(stores: dict[str, SliceStore], n: int = 6, seed: int = 0) -> plt.Figure:
     """A row of example slices per store, titled with the class, lesion masks outlined in red."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(stores), n, figsize=(1.7 * n, 1.9 * len(stores)), squeeze=False)
+    fig, axes = plt.subplots(len(stores), n, figsize=(1.35 * n, 1.55 * len(stores)), squeeze=False)
     for row, (name, s) in zip(axes, stores.items()):
         labels = s.labels
         if s.meta["task"] == "unlabeled":
@@ -87,7 +87,7 @@ def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU
     """Histogram of HU values of a CT series and of the same voxels after the interval mapping."""
     hu = np.asarray(hu_values, dtype=np.float32).ravel()
     grey = interval_map(hu, *hu_range)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.2, 3.2))
     a.hist(hu, bins=200, color="tab:blue", log=True)
     a.axvline(hu_range[0], color="k", ls="--", lw=0.8)
     a.axvline(hu_range[1], color="k", ls="--", lw=0.8)
@@ -98,12 +98,31 @@ def hu_histogram(hu_values: np.ndarray, hu_range: tuple[float, float] = PAPER_HU
     return fig
 
 
-def slice_browser(store: SliceStore):
-    """An ipywidgets browser of a store's slices (and masks) for JupyterLab (a note in batch runs)."""
-    from ..widgets import batch_note, batch_run
+def draw_slice(store: SliceStore, i: int, show_mask: bool = True) -> plt.Figure:
+    """One slice of a store with its class, split and (if any) mask outline in red."""
+    fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    ax.imshow(store.images[i], cmap="gray", vmin=0, vmax=255)
+    if show_mask and store.masks is not None and store.masks[i].any():
+        ax.contour(store.masks[i], levels=[0.5], colors="red")
+    row = store.manifest.iloc[i]
+    label = store.class_names[row.label] if row.label >= 0 and store.class_names else "unlabelled"
+    ax.set_title(f"#{i} {label} ({row.split})", fontsize=10)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def slice_browser(store: SliceStore, max_frames: int = 24):
+    """A browser of a store's slices (and masks): ipywidgets in JupyterLab; in a batch run (the
+    book) a :func:`ssl_lib.viewer.frame_viewer` over ``max_frames`` evenly spaced slices."""
+    from ..viewer import evenly_spaced, frame_viewer
+    from ..widgets import batch_run
 
     if batch_run():
-        return batch_note()
+        picks = evenly_spaced(len(store), max_frames)
+        return frame_viewer(lambda k: draw_slice(store, picks[k]), [("slice", [f"#{i}" for i in picks])],
+                            title=f"{store.meta.get('name', 'store')}: {len(picks)} of {len(store)} slices"
+                                  + (", masks in red" if store.masks is not None else ""))
     import ipywidgets as widgets
 
     out = widgets.Output()
@@ -111,17 +130,9 @@ def slice_browser(store: SliceStore):
     show_mask = widgets.Checkbox(value=store.masks is not None, description="mask", disabled=store.masks is None)
 
     def draw(*_):
-        i = slider.value
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(3.5, 3.5))
-            ax.imshow(store.images[i], cmap="gray", vmin=0, vmax=255)
-            if show_mask.value and store.masks is not None and store.masks[i].any():
-                ax.contour(store.masks[i], levels=[0.5], colors="red")
-            row = store.manifest.iloc[i]
-            label = store.class_names[row.label] if row.label >= 0 and store.class_names else "unlabelled"
-            ax.set_title(f"#{i} {label} ({row.split}) patient {row.patient[:6]}…", fontsize=8)
-            ax.axis("off")
+            draw_slice(store, slider.value, show_mask.value)
             plt.show()
 
     slider.observe(draw, "value")

@@ -65,6 +65,7 @@ from lightly.models.utils import get_weight_decay_parameters
 from torch import nn
 
 from ..augment import ViewTransform
+from ..console import quiet_lightning
 from ..data.store import SliceStore, StoreError, normalize_batch
 from ..models.backbone import build_backbone, encoder_state_dict
 from ..precision import is_cuda, resolve_channels_last, resolve_precision
@@ -800,6 +801,7 @@ def pretrain(
     use_gpu = is_cuda(accelerator)
     module.use_device_options(cuda=use_gpu)
     data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+    quiet_lightning()  # no GPU/TPU/tip/"fit stopped" chatter on the notebook pages (ssl_lib.console)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
         precision=cfg.precision,
@@ -914,6 +916,7 @@ def plot_views(views: dict[str, torch.Tensor], samples: Sequence[int] | None = N
     names = list(views)
     n = next(iter(views.values())).shape[0]
     samples = list(range(min(n, 4))) if samples is None else list(samples)
+    size = min(size, 8.2 / len(names))  # at most the book's text column wide (SwAV has many crops)
     fig, axes = plt.subplots(len(samples), len(names), figsize=(size * len(names), size * len(samples)),
                              squeeze=False)
     for r, i in enumerate(samples):
@@ -928,17 +931,16 @@ def plot_views(views: dict[str, torch.Tensor], samples: Sequence[int] | None = N
 
 
 def view_browser(views: dict[str, torch.Tensor]):
-    """An ipywidgets slider over the samples (shows nothing in a static book: pair it with :func:`plot_views`).
-
-    In a batch run (:func:`ssl_lib.widgets.batch_run`) a note instead."""
-    from ..widgets import batch_note, batch_run
-
-    if batch_run():
-        return batch_note()
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
+    """A slider over the samples, each drawn by :func:`plot_views`: ipywidgets in JupyterLab; in a
+    batch run (the book) a :func:`ssl_lib.viewer.frame_viewer` of the same figures."""
+    from ..viewer import frame_viewer
+    from ..widgets import batch_run
 
     n = next(iter(views.values())).shape[0]
+    if batch_run():
+        return frame_viewer(lambda i: plot_views(views, [i]), [("slice", [str(i) for i in range(n)])], slider=[True])
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
 
     def show(sample: int = 0):
         fig = plot_views(views, [sample])
