@@ -13,6 +13,7 @@ from ssl_lib.viewer import VIEWER_CLASS, evenly_spaced, frame_viewer
 
 
 def test_one_frame_per_combination_first_shown():
+    plt.close("all")  # figures other tests left open are not this viewer's
     calls = []
 
     def render(i, j):
