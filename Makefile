@@ -23,8 +23,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # ssl_lib is installed editable into the environment, so a kernel started anywhere (JupyterLab runs
 # notebooks in notebooks/) imports it; redone when the environment's ssl_lib is another clone's.
 install: $(VENV)/.complete
-	@cd / && env -u PYTHONPATH "$(PY)" -c "import ssl_lib,sys; sys.exit(ssl_lib.__file__ != '$(CURDIR)/ssl_lib/__init__.py')" 2>/dev/null \
-	  || "$(PY)" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@(cd / && env -u PYTHONPATH "$(PY)" -c "import ssl_lib,sys; sys.exit(ssl_lib.__file__ != '$(CURDIR)/ssl_lib/__init__.py')" 2>/dev/null) \
+	  || "$(PY)" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$(CURDIR)"
 
 # No file prerequisite: the hash of requirements.txt is in the path, and a fresh clone's newer
 # file times must not trigger a rebuild of an environment that already matches.
