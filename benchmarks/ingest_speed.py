@@ -147,10 +147,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rates = {"png (authors' shape), 1 process": n_png / t_png}
         print(f"  png pipeline: {n_png / t_png:.1f} slices/s ({n_png} slices)", flush=True)
         for w in (1, 2):
+            before = os.times()
             t, store = timed(lambda: build_store("lidc", tree, work / f"store{w}", size=args.hw, workers=w, salt="b"))
+            after = os.times()
+            cpu_main = after.user + after.system - before.user - before.system
+            cpu_workers = (after.children_user + after.children_system - before.children_user - before.children_system)
             assert len(store) == n
             rates[f"store, {w} worker{'s' if w > 1 else ''}"] = n / t
-            print(f"  store, {w} worker(s): {n / t:.1f} slices/s", flush=True)
+            print(f"  store, {w} worker(s): {n / t:.1f} slices/s; CPU s: writer {cpu_main:.1f}, workers "
+                  f"{cpu_workers:.1f}; cores busy {(cpu_main + cpu_workers) / t:.2f} of {available_cores()}", flush=True)
         a = (work / "store1" / "images.npy").read_bytes() == (work / "store2" / "images.npy").read_bytes()
         r_png, r1, r2 = rates.values()
         efficiency = r2 / (2 * r1)

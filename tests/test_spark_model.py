@@ -258,3 +258,22 @@ def test_bad_input_raises_value_error():
         model.sparse_features(x, torch.ones(3, 1, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask"):
         model(x, torch.ones(2, 1, 2, 2))  # float, not bool
+
+
+def test_gathered_batch_norm_equals_masked_sums():
+    """The fast path (visible rows gathered, native batch norm, scattered back) = the masked-sum path."""
+    from ssl_lib.models.spark import _Masks
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, 8, dtype=torch.float64) * 2 + 1
+    masks = _Masks(_fixed_mask(), x.dtype)
+    bn_a, bn_b = nn.BatchNorm2d(5, momentum=0.3).double(), nn.BatchNorm2d(5, momentum=0.3).double()
+    _randomise_bn(bn_a)
+    bn_b.load_state_dict(bn_a.state_dict())
+    rows = masks.rows(x)
+    assert rows.numel() == int(masks.at(x).sum())
+    fast = masked_batch_norm(x, masks.at(x), bn_a, rows)
+    slow = masked_batch_norm(x, masks.at(x), bn_b)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    for k, v in bn_a.state_dict().items():
+        torch.testing.assert_close(v, bn_b.state_dict()[k], rtol=1e-12, atol=1e-12)

@@ -52,14 +52,22 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 DOWNSAMPLE_RATIO = 32
 
 
-def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
     """Batch norm of ``x`` (B, C, H, W) with statistics over visible positions only.
 
     ``visible``: float (B, 1, H, W) of 0/1. In training the batch mean/(biased) variance over
     visible positions normalise ``x`` and update ``bn``'s running stats with its momentum
     (unbiased variance, as ``nn.BatchNorm2d``); in eval the running stats are used. Uses ``bn``'s
     own weight/bias/buffers (no new parameters). Output is zero at masked positions.
+
+    ``rows``: the flat indices (into ``B*H*W``) of the visible positions (:meth:`_Masks.rows`).
+    Given, training gathers the visible feature rows, normalises them with the native
+    ``F.batch_norm`` and scatters them back into zeros, as official SparK's ``SparseBatchNorm2d``
+    (faster than the masked sums below: measured ~1.5-1.9x for one layer1 norm on the CPU).
     """
+    if (bn.training or not bn.track_running_stats) and rows is not None and rows.numel() > 1:
+        return _gathered_batch_norm(x, rows, bn)
     if bn.training or not bn.track_running_stats:
         dtype = torch.promote_types(x.dtype, torch.float32)  # statistics in >= float32 (AMP-safe)
         xf, vf = x.to(dtype), visible.to(dtype)
@@ -84,11 +92,44 @@ def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d
     return y * visible
 
 
+def _gathered_batch_norm(x: torch.Tensor, rows: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Training-mode batch norm of the visible rows ``rows`` of ``x`` (B, C, H, W), zeros elsewhere."""
+    B, C, H, W = x.shape
+    dtype = torch.promote_types(x.dtype, torch.float32)  # statistics in >= float32 (AMP-safe)
+    flat = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    selected = flat.index_select(0, rows).to(dtype)
+    factor = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    tracked = bn.track_running_stats and bn.training
+    y = F.batch_norm(selected, bn.running_mean if tracked else None, bn.running_var if tracked else None,
+                     bn.weight, bn.bias, training=True, momentum=factor, eps=bn.eps)
+    out = flat.new_zeros(B * H * W, C).index_copy(0, rows, y.to(x.dtype))
+    return out.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
 class _Masks:
     """The patch mask upsampled (nearest) to any feature resolution, cached per forward call."""
 
     def __init__(self, mask: torch.Tensor, dtype: torch.dtype):
         self.mask, self.dtype, self.cache = mask, dtype, {}
+        self.row_cache: dict = {}
+        self._count: int | None = None
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Flat indices (into ``B*H*W``, ascending) of the visible positions at ``t``'s resolution.
+
+        The number of visible patches is read once per forward call (one host sync); the indices
+        come from a stable sort, so no further sync is needed."""
+        size = t.shape[-2:]
+        if size not in self.row_cache:
+            if self._count is None:
+                self._count = int(self.mask.sum())
+            r = size[0] // self.mask.shape[-2]
+            hidden = (self.at(t)[:, 0] == 0).reshape(-1).to(torch.uint8)
+            self.row_cache[size] = torch.argsort(hidden, stable=True)[: self._count * r * r]
+        return self.row_cache[size]
 
     def at(self, t: torch.Tensor) -> torch.Tensor:
         size = t.shape[-2:]
@@ -106,7 +147,7 @@ def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks, drop_path: f
     out, i = x, 1
     while hasattr(block, f"conv{i}"):
         out = getattr(block, f"conv{i}")(out)
-        out = masked_batch_norm(out, masks.at(out), getattr(block, f"bn{i}"))
+        out = masked_batch_norm(out, masks.at(out), getattr(block, f"bn{i}"), masks.rows(out))
         i += 1
         if hasattr(block, f"conv{i}"):
             out = F.relu(out)
@@ -116,7 +157,7 @@ def _sparse_block(block: nn.Module, x: torch.Tensor, masks: _Masks, drop_path: f
     if block.downsample is not None:
         conv, bn = block.downsample
         identity = conv(x)
-        identity = masked_batch_norm(identity, masks.at(identity), bn)
+        identity = masked_batch_norm(identity, masks.at(identity), bn, masks.rows(identity))
     return F.relu(out + identity)
 
 
@@ -298,7 +339,7 @@ class SparK(nn.Module):
         enc, masks = self.encoder, _Masks(mask, x.dtype)
         x = x * masks.at(x)
         x = enc.conv1(x)
-        x = F.relu(masked_batch_norm(x, masks.at(x), enc.bn1))
+        x = F.relu(masked_batch_norm(x, masks.at(x), enc.bn1, masks.rows(x)))
         x = enc.maxpool(x)
         x = x * masks.at(x)
         feats, rates = [], iter(self.block_drop_rates)
@@ -344,7 +385,7 @@ class SparK(nn.Module):
         dense = []
         for f, norm, token, proj in zip(feats, self.densify_norms, self.mask_tokens, self.projs):
             vis = masks.at(f)
-            f = masked_batch_norm(f, vis, norm)
+            f = masked_batch_norm(f, vis, norm, masks.rows(f))
             dense.append(proj(torch.where(vis.bool(), f, token.to(f.dtype))))
         y = dense[3]
         for i, block in enumerate(self.decoder):
