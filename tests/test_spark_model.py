@@ -13,13 +13,7 @@ from ssl_lib.models.backbone import build_backbone, encoder_state_dict
 from ssl_lib.models.spark import SparK, masked_batch_norm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on shared 2-core CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:

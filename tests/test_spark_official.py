@@ -29,12 +29,7 @@ from ssl_lib.models.backbone import build_backbone
 from ssl_lib.models.spark import SparK, _drop_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 # ---------------------------------------------------------------------------------- reference
