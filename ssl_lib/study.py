@@ -174,6 +174,20 @@ def is_path_param(name: str, value) -> bool:
         name.endswith(PATH_SUFFIXES) or name == "store" or "/" in value or os.sep in value)
 
 
+def _task_problems(value) -> list[str]:
+    """The ``tasks`` parameter read as the study will read it (:func:`ssl_lib.tasks.parse_tasks`),
+    and each task's data paths (``source``, ``labels_csv``, ``masks_root``) checked to exist."""
+    from .tasks import parse_tasks
+
+    try:
+        specs = parse_tasks(value)
+    except ValueError as err:
+        return [f"--param tasks: {err}"]
+    return [f"--param tasks: task {s.name!r}: {p}: no such file or folder" for s in specs
+            for p in (s.source, s.options.get("labels_csv"), s.options.get("masks_root"))
+            if p and not Path(str(p)).expanduser().exists()]
+
+
 def _did_you_mean(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -220,6 +234,8 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
         elif name not in accepted:
             problems.append(f"unknown parameter {name!r}{_did_you_mean(name, accepted)}; no notebook of the study "
                             f"takes it (they take {sorted(accepted - set(_RESERVED))})")
+        elif name == "tasks":
+            problems.extend(_task_problems(value))
         elif is_path_param(name, value) and not Path(value).expanduser().exists():
             problems.append(f"--param {name}={value}: no such file or folder")
     folder = RunFolder(output)

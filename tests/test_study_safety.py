@@ -354,3 +354,20 @@ def test_grid_workers_die_with_a_killed_parent(tmp_path):
     finally:
         parent.kill()
         (tmp_path / "hold").unlink()  # lets workers that outlived the test end
+
+
+def test_the_tasks_parameter_is_read_and_its_sources_checked_before_work(tmp_path):
+    """``tasks`` holds JSON with data paths inside: it is parsed as the study will parse it, each
+    task's source must exist, and a valid value with existing sources is accepted (not taken for
+    one missing path because it holds a slash)."""
+    src = tmp_path / "liver"
+    src.mkdir()
+    out = tmp_path / "out"
+    good = json.dumps(["covid", {"name": "liver", "reader": "folder", "source": str(src)}])
+    assert study.check_request(out, "smoke", None, {"tasks": good}, 1)
+    missing = json.dumps([{"name": "liver", "reader": "folder", "source": str(tmp_path / "gone")}])
+    with pytest.raises(StudyError, match=r"task 'liver': .*gone: no such file or folder"):
+        study.check_request(out, "smoke", None, {"tasks": missing}, 1)
+    with pytest.raises(StudyError, match=r"--param tasks: .*JSON list"):
+        study.check_request(out, "smoke", None, {"tasks": "[oops"}, 1)
+    assert not out.exists()
