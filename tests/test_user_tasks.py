@@ -74,5 +74,6 @@ def test_user_task_default_fractions_in_a_profile():
     tasks.register(tasks.TaskSpec("fracture", "fracture", "binary", ("no", "yes"), 1, "cv", reader="folder",
                                   fractions=tasks.USER_FRACTIONS))
     assert ft.get_profile("quick").fractions_for("fracture") == (1.0, 0.75, 0.5, 0.25, 0.1)
-    assert ft.get_profile("quick").fractions_for("covid") == (1.0, 0.5, 0.25)  # paper tasks unchanged
+    quick = ft.get_profile("quick")
+    assert quick.fractions_for("covid") == tuple(quick.fractions["covid"])  # paper tasks: the profile's own
     assert tasks.order_tasks(["fracture", "brain", "covid"]) == ["covid", "brain", "fracture"]
