@@ -127,3 +127,29 @@ def test_lookup_table_mapping_is_the_float_formula_exactly():
             np.testing.assert_array_equal(stored_to_uint8(stored, slope, intercept, window=window), want)
     floats = rng.normal(0, 500, (8, 8)).astype(np.float32)  # other dtypes take the float path
     np.testing.assert_array_equal(stored_to_uint8(floats, 1.0, 0.0), hu_to_uint8(to_hu(floats, 1.0, 0.0)))
+
+
+def _native_threads(_):
+    from threadpoolctl import threadpool_info
+
+    import torch
+
+    return max([p["num_threads"] for p in threadpool_info()] + [torch.get_num_threads()])
+
+
+def test_ingest_pool_runs_every_native_thread_pool_single_threaded():
+    """Decoding is single-threaded work: workers forked with thread pools sized for the machine ran
+    2 workers slower than 1 process (benchmarks/ingest_speed.py). Inside the pool every native
+    pool has one thread, in the workers and in this process; afterwards this process's are back."""
+    import torch
+
+    from ssl_lib.data.workers import OrderedPool
+
+    torch.set_num_threads(2)
+    try:
+        with OrderedPool(2) as pool:
+            assert list(pool.imap(_native_threads, [(i,) for i in range(4)])) == [1, 1, 1, 1]
+            assert _native_threads(None) == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
