@@ -48,24 +48,20 @@ def resolve_workers(workers: int | str, n_items: int | None = None) -> int:
     return n
 
 
-def _torch_threads(n: int | None) -> int | None:
-    """Set torch's intra-op threads to ``n`` (``None``: leave them); returns the previous count."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return None
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    return previous
-
-
 def _init_worker() -> None:
+    """Every native thread pool (OpenMP, BLAS, torch's) at one thread: decoding is single-threaded
+    work, and workers whose pools were sized for the whole machine (inherited through the fork)
+    ran 2 workers at 0.42x one process on 2 cores (benchmarks/ingest_speed.py; 1.7-1.8x with this)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)  # the native pools the fork inherited were sized for the parent
-    _torch_threads(1)
+    threadpool_limits(1)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _call(fn: Callable, args: tuple):
@@ -86,13 +82,6 @@ class OrderedPool:
     def __init__(self, workers: int, *, preload: tuple[str, ...] = ("ssl_lib.data.readers.lidc",)):
         self.workers = int(workers)
         self.executor = None
-        # every native thread pool (OpenMP, BLAS) at one thread, here while the pool lives and in each
-        # worker: decoding is single-threaded work, and workers forked with pools sized for the whole
-        # machine ran 2 workers at 0.42x one process on 2 cores (benchmarks/ingest_speed.py)
-        from threadpoolctl import threadpool_limits
-
-        self._torch_threads = _torch_threads(1)  # first: torch's count follows OpenMP's
-        self._limits = threadpool_limits(1)
         if self.workers > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -124,10 +113,6 @@ class OrderedPool:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
-        if self._limits is not None:
-            self._limits.restore_original_limits()
-            _torch_threads(self._torch_threads)  # last, for the same reason
-            self._limits = None
 
     def __enter__(self) -> "OrderedPool":
         return self
