@@ -24,7 +24,8 @@ The runner never loses the user's work (issue 16):
 * **Parameters are checked first** (:func:`check_request`, well under a second, nothing written):
   step names, ``--jobs``, ``--param`` names (the union of the templates' ``parameters`` cells,
   with a did-you-mean), data paths that must exist, a writable output folder, and what the
-  profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides).
+  profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides), and that the
+  profile's parts fit together with the parameters that override them (:mod:`ssl_lib.profiles`).
 * **The output folder is its own** (:class:`ssl_lib.runfolder.RunFolder`): a non-empty folder
   without its manifest is refused untouched; only paths it claimed are written or deleted; one
   run at a time holds the folder's lock.
@@ -62,6 +63,8 @@ from pathlib import Path
 from . import procs
 from .kernel import jupyter_env
 from .paths import StudyPaths
+from .profiles import NEEDS as PROFILE_NEEDS
+from .profiles import PARAM_FIELDS, ProfileError, get_profile, overrides_from_params
 from .runfolder import RunFolder, StudyError
 from .widgets import BATCH_ENV
 
@@ -113,23 +116,6 @@ BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 #: What the runner writes besides the steps' outputs (claimed like them).
 RUNNER_OUTPUTS = ("timings.csv",)
 
-
-@dataclass(frozen=True)
-class Needs:
-    """What a profile needs to be worth starting: a GPU, host memory per step running, a rough time."""
-
-    gpu: bool
-    memory_gb: float
-    time: str
-
-
-#: Rough needs per profile. quick: the whole study took 14 min on 2 CPU cores (see the reproduce
-#: page); paper: a paper-profile pre-training filled 24 GB of host memory on a CPU-only machine.
-PROFILE_NEEDS = {
-    "smoke": Needs(False, 1.5, "a few minutes on 2 CPU cores"),
-    "quick": Needs(False, 3.0, "about 15 minutes on 2 CPU cores"),
-    "paper": Needs(True, 24.0, "days on one GPU"),
-}
 
 #: Parameter names (suffixes) whose values are data paths that must exist when given.
 PATH_SUFFIXES = ("_root", "_npz", "_labels", "_csv")
@@ -219,6 +205,12 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
     if profile not in PROFILE_NEEDS:
         problems.append(f"unknown profile {profile!r}{_did_you_mean(profile, PROFILE_NEEDS)}; "
                         f"the profiles are {sorted(PROFILE_NEEDS)}")
+    else:  # the profile's parts must fit together with the parameters that override them
+        try:
+            get_profile(profile, **overrides_from_params(extra))
+        except ProfileError as err:
+            problems.append(f"--profile {profile} with --param {sorted(set(extra) & set(PARAM_FIELDS))}: {err}"
+                            if set(extra) & set(PARAM_FIELDS) else str(err))
     names = [s.name for s in STEPS]
     for name in steps or []:
         if name not in names:
