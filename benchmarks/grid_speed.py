@@ -35,8 +35,9 @@ import ssl_lib.finetune as ft  # noqa: E402
 from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
 from ssl_lib.models import build_backbone, encoder_state_dict  # noqa: E402
 from ssl_lib.paths import StudyPaths  # noqa: E402
+from ssl_lib.pretrain.registry import method_names  # noqa: E402
 
-METHODS = ("byol", "swav", "mocov2", "spark")
+METHODS = method_names()
 
 
 def make_study(root: Path, n: int, size: int, arch: str, methods: tuple[str, ...]) -> None:

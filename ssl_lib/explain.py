@@ -46,11 +46,11 @@ import torch
 
 from .data.store import SliceStore, normalize_batch
 from .paths import StudyPaths
+from .pretrain.registry import init_label, init_order
 
-#: Initialisations in display order ("random" = no pre-training).
-INITS = ("random", "byol", "swav", "mocov2", "spark")
-LABELS = {"random": "Random", "byol": "BYOL", "swav": "SwAV", "mocov2": "MoCoV2", "spark": "SparK",
-          "uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
+#: Initialisations in display order ("random" = no pre-training) and their labels, from the method registry.
+INITS = init_order()
+LABELS = {**{i: init_label(i) for i in INITS}, "uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
 #: What Grad-CAM explains: the finding (class 1), the true class, or the predicted class.
 TARGET_MODES = ("auto", "positive", "true", "predicted")
 BASELINES = ("uniform-random", "centre-gaussian")

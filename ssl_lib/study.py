@@ -62,6 +62,7 @@ from pathlib import Path
 from . import procs
 from .kernel import jupyter_env
 from .paths import StudyPaths
+from .pretrain.registry import method_names, methods
 from .runfolder import RunFolder, StudyError
 from .widgets import BATCH_ENV
 
@@ -93,16 +94,26 @@ class Step:
         return f"notebooks/{Path(self.notebook).name}"
 
 
-_PRETRAIN = ("pretrain_byol", "pretrain_swav", "pretrain_mocov2", "pretrain_spark")
+#: The pre-training notebooks of the built-in methods (book chapters 02-05).
+_PRETRAIN_TEMPLATES = {"byol": "notebooks/02_pretrain_byol.ipynb", "swav": "notebooks/03_pretrain_swav.ipynb",
+                       "mocov2": "notebooks/04_pretrain_mocov2.ipynb", "spark": "notebooks/05_pretrain_spark.ipynb"}
+
+
+def pretrain_template(name: str) -> str:
+    """The pre-training notebook of method ``name`` (relative to the repository root)."""
+    return _PRETRAIN_TEMPLATES.get(name, f"notebooks/pretrain_{name}.ipynb")
+
+
+#: One pre-training step per registered method (:mod:`ssl_lib.pretrain.registry`), in table order.
+_PRETRAIN_STEPS = tuple(Step(f"pretrain_{spec.name}", pretrain_template(spec.name), ("preprocess",), spec.step_cost,
+                             (f"pretrain/{spec.name}",), 0.5) for spec in methods())
+_PRETRAIN = tuple(s.name for s in _PRETRAIN_STEPS)
 
 #: The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
 #: Costs: the quick profile's minutes on 2 cores.
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
-    Step("pretrain_byol", "notebooks/02_pretrain_byol.ipynb", ("preprocess",), 2.4, ("pretrain/byol",), 0.5),
-    Step("pretrain_swav", "notebooks/03_pretrain_swav.ipynb", ("preprocess",), 3.0, ("pretrain/swav",), 0.5),
-    Step("pretrain_mocov2", "notebooks/04_pretrain_mocov2.ipynb", ("preprocess",), 1.7, ("pretrain/mocov2",), 0.5),
-    Step("pretrain_spark", "notebooks/05_pretrain_spark.ipynb", ("preprocess",), 2.6, ("pretrain/spark",), 0.5),
+    *_PRETRAIN_STEPS,
     Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN, outputs=("finetune",)),
     Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
     Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
@@ -1012,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
     p_book.add_argument("--output", required=True)
     p_pre = sub.add_parser("pretrain", help="one pre-training run outside a notebook (for srun/torchrun on clusters)")
-    p_pre.add_argument("method", choices=["byol", "swav", "mocov2", "spark"])
+    p_pre.add_argument("method", choices=list(method_names()))
     p_pre.add_argument("--output", required=True, help="study output folder (reads stores/lidc, writes pretrain/<method>)")
     p_pre.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
     p_pre.add_argument("--store", default=None, help="slice store (default <output>/stores/lidc)")

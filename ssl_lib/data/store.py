@@ -33,13 +33,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..errors import SslCtError
+
 SPLITS = ("train", "val", "test")
 #: Default patient-level split fractions (train, val, test) when a source gives none.
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 MANIFEST_COLUMNS = ["index", "patient", "label", "split", "source"]
 
 
-class StoreError(ValueError):
+class StoreError(SslCtError, ValueError):
     """A source or store is unusable; the message names the file and what is wrong."""
 
 
