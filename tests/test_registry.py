@@ -243,3 +243,24 @@ def test_method_modules_import_only_base_of_the_package():
     for spec_module in registry.METHOD_MODULES:
         own = {m for m in top[spec_module] | inner[spec_module] if m.startswith("ssl_lib.pretrain")}
         assert own <= {"ssl_lib.pretrain.base"}, (spec_module, own)
+
+
+# ----------------------------------------------------------------------------- the momentum helper
+def test_momentum_copies_are_frozen_and_follow_their_online_modules(monkeypatch):
+    import torch
+
+    from ssl_lib.pretrain import build_module, count_parameters
+
+    module = build_module("mocov2", "smoke")
+    pairs = module.momentum_pairs()
+    assert [type(o) for o, _ in pairs] == [type(module.backbone), type(module.projection_head)]
+    assert all(not p.requires_grad for _, copy in pairs for p in copy.parameters())
+    copies = sum(p.numel() for _, copy in pairs for p in copy.parameters())
+    assert count_parameters(module)["momentum"] == copies > 0
+    with torch.no_grad():
+        for p in module.backbone.parameters():
+            p.add_(1.0)
+    before = module.backbone_momentum.conv1.weight.clone()
+    monkeypatch.setattr(module, "momentum_now", lambda: 0.75)
+    assert module.update_momentum_copies() == 0.75
+    torch.testing.assert_close(module.backbone_momentum.conv1.weight, 0.75 * before + 0.25 * module.backbone.conv1.weight)
