@@ -64,3 +64,14 @@ def to_grey(pixels: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
         arr = arr.astype(np.float32) * (255.0 / 65535.0)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+_window = window  # hu_to_uint8's parameter of that name hides the function
+
+
+def hu_to_uint8(hu: np.ndarray, *, window: tuple[float, float] | None = None,
+                hu_range: tuple[float, float] = PAPER_HU_RANGE) -> np.ndarray:
+    """HU -> uint8: radiological ``window=(centre, width)`` (:func:`window`), or :func:`interval_map` of ``hu_range``."""
+    if window is not None:
+        return _window(hu, float(window[0]), float(window[1]))
+    return interval_map(hu, float(hu_range[0]), float(hu_range[1]))
