@@ -174,11 +174,6 @@ def get_profile(profile: str | FinetuneProfile, **overrides) -> FinetuneProfile:
 
 
 # --------------------------------------------------------------------------- data in memory
-def is_synthetic_store(store: SliceStore) -> bool:
-    """Whether a store was built from the built-in synthetic generator: its meta's ``synthetic`` flag, nothing else."""
-    return store.synthetic
-
-
 def pixel_stats(images: torch.Tensor | np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the grey values ``/ 255`` of uint8 slices ``(N, 1, H, W)``.
 
@@ -257,7 +252,7 @@ def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: st
                   for c in images.split(1024)]
         images = torch.cat(chunks)
     labels = torch.from_numpy(store.labels.astype(np.int64))
-    return TaskData(spec, store, images, labels, store.mean, store.std, is_synthetic_store(store))
+    return TaskData(spec, store, images, labels, store.mean, store.std, store.synthetic)
 
 
 # --------------------------------------------------------------------------- training
