@@ -851,8 +851,9 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     random init), which share the frozen features, largest first; their rows are appended
     here as each group finishes. ``executor``: a :class:`ssl_lib.cluster.GridExecutor` runs the
     pending runs as cluster jobs instead (``workers`` is then unused). ``features``: the grid's
-    :class:`FeatureCache` (``None``: a new one, owned by this call; a worker process or cluster job
-    starts an empty one of the same kind). Returns this profile's rows of the results table.
+    :class:`FeatureCache` (``None``: a new one, owned by this call; each group of runs on a worker
+    process gets an empty copy of it, each cluster job one of its own). Returns this profile's rows
+    of the results table.
     """
     prof = get_profile(profile)
     tasks = task_names(tasks, output_dir)  # None: the study's tasks (<output>/tasks.json), else the paper's

@@ -110,9 +110,10 @@ def test_error_classes_share_the_library_base_and_keep_their_old_one():
     from ssl_lib.cluster import GridJobError
     from ssl_lib.data.store import StoreError
     from ssl_lib.explain import ExplainError
+    from ssl_lib.metrics import MetricError
 
     for cls, old in ((runs.ResultsError, ValueError), (ExplainError, ValueError), (StoreError, ValueError),
-                     (GridJobError, RuntimeError)):
+                     (GridJobError, RuntimeError), (MetricError, ValueError)):
         assert issubclass(cls, SslCtError) and issubclass(cls, old), cls
 
 
