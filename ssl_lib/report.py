@@ -1,7 +1,8 @@
 """Results tables and figures (Wolf et al. 2023, Tables 2-3, Figure 5) from the results tables.
 
 Everything here reads the tables fine-tuning wrote (``finetune/results.csv``, curves,
-predictions) and never in-memory state of another step. The paper's own published numbers are
+predictions) through the results layer :mod:`ssl_lib.runs`, never the trainer or in-memory state
+of another step. The paper's own published numbers are
 kept as reference data (:data:`PAPER_TABLE2`, :data:`PAPER_TABLE3`), clearly labelled, so the
 book can show them beside ours.
 """
@@ -16,10 +17,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .finetune import read_results
+from . import runs
 from .metrics import metric_definitions  # noqa: F401  (re-exported for the book)
 from .reduction import STOP_F1
 from .pretrain.registry import init_label, init_order
+from .runs import load_curves  # noqa: F401  (re-exported for the notebooks)
 from .tasks import TASKS, order_tasks
 
 #: Initialisations in display order and their labels, from the method registry.
@@ -74,22 +76,19 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- reading
 def load_results(output_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
-    """The results table; with several rows for one run key, the last one counts."""
+    """The results table; with several rows for one run key, the last one counts (:func:`ssl_lib.runs.load_results`)."""
     from .tasks import use_study_tasks
 
     use_study_tasks(output_dir)  # the study's user tasks become known here
-    res = read_results(output_dir, profile)
-    if res.empty:
-        return res
-    return res.drop_duplicates(["task", "init", "fraction", "seed", "fold", "profile"], keep="last").reset_index(drop=True)
+    return runs.load_results(output_dir, profile)
 
 
 def is_synthetic(output_dir_or_results: str | os.PathLike | pd.DataFrame) -> bool:
-    """True if any result row came from a synthetic store (or the output folder has synthetic data)."""
+    """True if any result row came from a synthetic store (the row's ``synthetic`` column: its store's meta)."""
     if isinstance(output_dir_or_results, pd.DataFrame):
         res = output_dir_or_results
         return bool("synthetic" in res and res["synthetic"].astype(str).str.lower().eq("true").any())
-    res = read_results(output_dir_or_results)
+    res = runs.read_results(output_dir_or_results)
     return is_synthetic(res) if len(res) else False
 
 
@@ -263,15 +262,6 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
 
 
 # ----------------------------------------------------------------------------- one run
-def load_curves(output_dir: str | os.PathLike, task: str, init: str | None = None) -> pd.DataFrame:
-    """All per-epoch curves of ``task`` (optionally one init) in one table."""
-    from .paths import StudyPaths
-
-    root = StudyPaths(output_dir).finetune / "curves" / task
-    files = sorted((root / init).glob("*.csv") if init else root.glob("*/*.csv"))
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-
-
 def plot_curves(curves: pd.DataFrame, metric: str = "val_accuracy"):
     """Training loss and a validation metric per epoch, one line per run (init, fraction, seed)."""
     import matplotlib.pyplot as plt

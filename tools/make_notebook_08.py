@@ -22,7 +22,7 @@ cells = [
          'fold = -1  # cross-validated tasks (brain): the fold of that model\n'
          'n_examples = 2  # example images per class in the Figure 4 layout',
          metadata={"tags": ["parameters"]}),
-    code("from IPython.display import display\n\nfrom ssl_lib import explain"),
+    code("from IPython.display import display\n\nfrom ssl_lib import explain, explain_figures"),
     md("## Heat maps of every method on the same test images\n\n"
        "For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and "
        "Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are "
@@ -35,14 +35,14 @@ cells = [
        f"Rows: example test images (the finding first, then negatives); columns: the input (lesion outline in "
        "white where a mask exists) and the Grad-CAM overlay of each method, with the probability the model "
        "gives the explained class."),
-    code("fig = explain.plot_examples(result.heat, n_examples)"),
+    code("fig = explain_figures.plot_examples(result.heat, n_examples)"),
     md("## Do the methods look at the same places?\n\n"
        "Pearson correlation between the heat maps of two methods on the same image, averaged over the test "
        "images, with a bootstrap 95 % interval over images. `n` is the number of images with a defined "
        "correlation, `n_constant` the images left out because one of the two maps is constant. The paper "
        "reports means of 0.02–0.07 between its four pre-training methods."),
     code("display(result.correlation.round(3))\n"
-         "fig = explain.plot_correlation(result.correlation)"),
+         "fig = explain_figures.plot_correlation(result.correlation)"),
     md("Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no\n"
        "positive evidence for the explained class) has no defined correlation and nothing to place.\n"
        "The quick profile runs Grad-CAM on test images enlarged to 128 px at the third ResNet stage (an\n"
@@ -57,13 +57,13 @@ cells = [
        "Intervals are bootstrap 95 % over images; constant maps are left out (`n_excluded`). The table is "
        "empty for data without masks."),
     code("display(result.localisation.round(3)) if len(result.localisation) else print(\"no lesion masks in this store: nothing to localise\")\n"
-         "fig = explain.plot_localisation(result.localisation)"),
+         "fig = explain_figures.plot_localisation(result.localisation)"),
     md("## Browse the heat maps\n\n"
        "Pick an image with the slider and a method from the menu. In JupyterLab the browser is live (with "
        "the overlay strength too); in the book every image and method is drawn in advance, so it works "
        "without a kernel."),
     code("try:\n"
-         "    browser = explain.heatmap_browser(result.heat)\n"
+         "    browser = explain_figures.heatmap_browser(result.heat)\n"
          "except ImportError as err:  # no ipywidgets: the figures above still stand\n"
          "    browser = None\n"
          "    print(f\"interactive browser unavailable ({err})\")\n"

@@ -75,3 +75,4 @@ def to_grey(pixels: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
         arr = arr.astype(np.float32) * (255.0 / 65535.0)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+

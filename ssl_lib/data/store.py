@@ -430,6 +430,11 @@ class SliceStore:
         return list(self.meta["class_names"])
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the store was built from the built-in synthetic data: its meta's ``synthetic`` flag, nothing else."""
+        return self.meta.get("synthetic") is True
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
