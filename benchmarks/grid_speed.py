@@ -35,8 +35,9 @@ import ssl_lib.finetune as ft  # noqa: E402
 from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
 from ssl_lib.models import build_backbone, encoder_state_dict  # noqa: E402
 from ssl_lib.paths import StudyPaths  # noqa: E402
+from ssl_lib.pretrain.registry import method_names  # noqa: E402
 
-METHODS = ("byol", "swav", "mocov2", "spark")
+METHODS = method_names()
 
 
 def make_study(root: Path, n: int, size: int, arch: str, methods: tuple[str, ...]) -> None:
@@ -62,6 +63,14 @@ def make_study(root: Path, n: int, size: int, arch: str, methods: tuple[str, ...
         (d / "epoch_0001.json").write_text(json.dumps({"method": method, "epoch": 1, "arch": arch}))
 
 
+class PerRunCache(ft.FeatureCache):
+    """The old behaviour: nothing kept between runs (every run computes its frozen features)."""
+
+    def entry(self, key: tuple, n: int):
+        self.clear()
+        return super().entry(key, n)
+
+
 def main(argv=None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="quick")
@@ -74,27 +83,16 @@ def main(argv=None) -> dict[str, float]:
     workers = args.workers if args.workers == "auto" else int(args.workers)
     n_workers = ft.resolve_workers(workers)
     grid = dict(tasks=["covid"], fractions=[1.0, 0.5, 0.25], seeds=[0, 1], profile=prof, progress=False, stop_f1=None)
-    real_features = ft.frozen_features
-
-    def per_run(*a, **k):  # the old behaviour: nothing kept between runs
-        ft._FEATURE_CACHE.clear()
-        return real_features(*a, **k)
-
-    ways = [("one process, features per run", 1, per_run), ("one process, shared features", 1, real_features),
-            (f"{n_workers} workers, shared features", workers, real_features)]
+    ways = [("one process, features per run", 1, PerRunCache), ("one process, shared features", 1, ft.FeatureCache),
+            (f"{n_workers} workers, shared features", workers, ft.FeatureCache)]
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (name, w, features) in enumerate(ways):
+        for k, (name, w, cache) in enumerate(ways):
             root = Path(tmp) / f"way{k}"
             make_study(root, args.n, prof.image_size, prof.arch, methods)
-            ft._FEATURE_CACHE.clear()
-            ft.frozen_features = features
-            try:
-                start = time.perf_counter()
-                rows = ft.run_grid(root, workers=w, **grid)
-                seconds[name] = time.perf_counter() - start
-            finally:
-                ft.frozen_features = real_features
+            start = time.perf_counter()
+            rows = ft.run_grid(root, workers=w, features=cache(), **grid)  # each way its own cache
+            seconds[name] = time.perf_counter() - start
             assert len(rows) == 6 * (len(methods) + 1), len(rows)
     base = seconds[ways[0][0]]
     print(f"reduction grid, profile {prof.name}: {prof.arch} {prof.image_size}px, {args.n} slices, "

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssl_lib.data.store import SliceRecord, SliceStore, make_loader, write_store  # noqa: E402
 from ssl_lib.models.backbone import build_backbone  # noqa: E402
 from ssl_lib.pretrain import METHODS, build_module, get_config  # noqa: E402
-from ssl_lib.pretrain.common import resolve_device_options, to_rgb  # noqa: E402
+from ssl_lib.pretrain.base import to_rgb  # noqa: E402
+from ssl_lib.pretrain.run import resolve_device_options  # noqa: E402
 from ssl_lib.precision import autocast  # noqa: E402
 
 

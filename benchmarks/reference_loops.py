@@ -54,7 +54,7 @@ import pretrain_speed  # noqa: E402
 from ssl_lib.data.store import SliceStore  # noqa: E402
 from ssl_lib.models.backbone import num_features  # noqa: E402
 from ssl_lib.precision import autocast  # noqa: E402
-from ssl_lib.pretrain.common import PretrainConfig, resolve_device_options, get_config  # noqa: E402
+from ssl_lib.pretrain import PretrainConfig, get_config, resolve_device_options  # noqa: E402
 
 REFERENCE_METHODS = ("byol", "mocov2", "swav")
 

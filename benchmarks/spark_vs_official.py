@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssl_lib.precision import autocast  # noqa: E402
-from ssl_lib.pretrain.common import build_module, get_config, resolve_device_options  # noqa: E402
+from ssl_lib.pretrain import build_module, get_config, resolve_device_options  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

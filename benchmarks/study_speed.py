@@ -39,10 +39,8 @@ import pretrain_speed  # noqa: E402
 import store_read  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from ssl_lib.pretrain import METHODS, get_config, pretrain  # noqa: E402
+from ssl_lib.pretrain import METHODS, get_config, get_method, pretrain  # noqa: E402
 
-#: Wolf et al. 2023, Table 1: pre-training time on one RTX 3090 (hours).
-PAPER_TABLE1_HOURS = {"byol": 10 * 24 + 12, "swav": 11 * 24 + 14, "mocov2": 10 * 24 + 7, "spark": 14 * 24 + 4}
 PAPER_EPOCHS = 900
 LIDC_SLICES = 244_527
 
@@ -81,13 +79,13 @@ def paper_profile_speed(methods=METHODS, device: str = "cuda", steps: int = 20, 
             cfg = get_config(method, profile)
             n = cfg.batch_size * 4  # 4 steps per epoch; the run crosses epochs like a real one
             store = pretrain_speed.synthetic_store(Path(tmp) / method, n, cfg.store_size)
-            extra = {"queue_size": min(cfg.queue_size, n // 2 - 1)} if method == "mocov2" else {}
+            extra = {"queue_size": min(cfg.queue_size, n // 2 - 1)} if hasattr(cfg, "queue_size") else {}
             timer = StepTimer(warmup)
             res = pretrain(method, store, Path(tmp) / method / "run", profile=profile, accelerator=device,
                            max_steps=max(1, warmup) + steps, progress=False, callbacks=[timer], **extra)
             ips = timer.images_per_s
             hours = PAPER_EPOCHS * LIDC_SLICES / ips / 3600
-            paper = PAPER_TABLE1_HOURS[method]
+            paper = get_method(method).paper.get("hours", float("nan"))  # Wolf et al. 2023, Table 1 (RTX 3090)
             rows.append({"method": method, "profile": profile, "precision": res.config.precision,
                          "channels_last": res.config.channels_last, "batch": cfg.batch_size, "img_s": ips,
                          "projected_900_epochs": _days_hours(hours), "paper_table1": _days_hours(paper),

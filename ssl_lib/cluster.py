@@ -44,14 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import pandas as pd
-
+from .errors import SslCtError
 from .paths import StudyPaths
+from .runs import merge_row_files, run_name, write_row_file
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 
 
-class GridJobError(RuntimeError):
+class GridJobError(SslCtError, RuntimeError):
     """Grid jobs that ended without their results; the message names each run and its job's log."""
 
 
@@ -119,7 +119,7 @@ class GridExecutor:
     # ----------------------------------------------------------------- the grid's side
     def run(self, groups: Sequence[list[dict]], output_dir, prof, device, on_done: Callable[[dict], None]) -> None:
         """Run the grid's pending ``groups`` (lists of job dicts with ``task``, ``init``, ``fraction``,
-        ``seed``, ``pretrain_epoch`` and ``key``: :data:`ssl_lib.finetune.RUN_KEY`) and merge their rows.
+        ``seed``, ``pretrain_epoch`` and ``key``: :data:`ssl_lib.runs.RUN_KEY`) and merge their rows.
 
         ``on_done(job)`` is called for each run once its row is in the results table.
         """
@@ -210,8 +210,6 @@ def make_executor(kind: str = "local", **options) -> GridExecutor | None:
 # --------------------------------------------------------------------- files
 def row_file(output_dir, job: dict) -> Path:
     """The row file of one run: ``finetune/jobs/rows/<profile>/<task>/<init>/<run>.csv``."""
-    from .finetune import run_name
-
     task, init, fraction, seed, fold, profile = job["key"]
     return StudyPaths(output_dir).finetune / "jobs" / "rows" / profile / task / init / (
         run_name(fraction, seed, fold) + ".csv")
@@ -231,56 +229,17 @@ def _log_of(job, root: Path) -> str:
 
 
 def write_row(output_dir, job: dict, row: dict) -> Path:
-    """Write one run's results row to its row file (temporary name, then renamed: never half a file)."""
-    from .finetune import RESULT_COLUMNS
-
-    path = row_file(output_dir, job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS} | {k: v for k, v in row.items()
-                                                                    if k not in RESULT_COLUMNS}])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    """Write one run's results row to its row file (atomically: never half a file, :func:`ssl_lib.runs.write_row_file`)."""
+    return write_row_file(row_file(output_dir, job), row)
 
 
 def merge_rows(results: Path, items: Sequence[tuple[dict, Path]]) -> int:
     """Merge row files into the results CSV in one atomic rewrite; rows whose run is in it already are skipped.
 
     ``items``: ``(job, row file)`` pairs. The merged row files are deleted afterwards. Returns
-    the number of rows added.
+    the number of rows added (:func:`ssl_lib.runs.merge_row_files`).
     """
-    from .finetune import RESULT_COLUMNS, RUN_KEY
-
-    results = Path(results)
-    old = pd.read_csv(results) if results.is_file() and results.stat().st_size > 0 else pd.DataFrame(
-        columns=RESULT_COLUMNS)
-    have = {_key(r) for r in old[RUN_KEY].itertuples(index=False, name=None)} if len(old) else set()
-    new = []
-    for _, path in items:
-        frame = pd.read_csv(path)
-        keep = [_key(r) not in have for r in frame[RUN_KEY].itertuples(index=False, name=None)]
-        frame = frame[keep]
-        have |= {_key(r) for r in frame[RUN_KEY].itertuples(index=False, name=None)}
-        new.append(frame)
-    added = sum(len(f) for f in new)
-    if added:
-        merged = pd.concat([old] + [f for f in new if len(f)], ignore_index=True) if len(old) else pd.concat(
-            [f for f in new if len(f)], ignore_index=True)
-        cols = [c for c in RESULT_COLUMNS if c in merged] + [c for c in merged if c not in RESULT_COLUMNS]
-        results.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results.with_name(f".{results.name}.{os.getpid()}.tmp")
-        merged[cols].to_csv(tmp, index=False)
-        os.replace(tmp, results)
-    for _, path in items:
-        path.unlink(missing_ok=True)
-    return added
-
-
-def _key(values: tuple) -> tuple:
-    """A run key comparable across CSV round trips (fractions as floats, seeds and folds as ints)."""
-    task, init, fraction, seed, fold, profile = values
-    return str(task), str(init), float(fraction), int(seed), int(fold), str(profile)
+    return merge_row_files(results, [path for _, path in items])
 
 
 # --------------------------------------------------------------------- the job's side
@@ -291,11 +250,12 @@ def run_jobs(output_dir: str, prof, device: str, jobs: list[dict], threads: int 
     """
     import torch
 
-    from .finetune import finetune_run, load_task_data
+    from .finetune import FeatureCache, finetune_run, load_task_data
 
     if threads:
         torch.set_num_threads(int(threads))
     data = {}
+    features = FeatureCache()  # this job's runs of one task and init share the frozen features
     done = 0
     for j in jobs:
         if row_file(output_dir, j).is_file():
@@ -305,7 +265,7 @@ def run_jobs(output_dir: str, prof, device: str, jobs: list[dict], threads: int 
             data[j["task"]] = load_task_data(output_dir, j["task"], prof.image_size)
         row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
                            pretrain_epoch=j["pretrain_epoch"], data=data[j["task"]], device=device, save=True,
-                           record=False)
+                           record=False, features=features)
         write_row(output_dir, j, {k: v for k, v in row.items() if not k.startswith("_")})
         done += 1
     return done

@@ -15,16 +15,14 @@ This module does that and adds what the paper leaves out:
 - :func:`gradcam_for_inits`: the maps of every initialisation's fine-tuned model on the same
   test images, cached as ``StudyPaths.gradcam / f"{task}_f{fraction}_s{seed}.npz"``
   (:class:`HeatMaps`).
-- :func:`correlation_table`: per-image Pearson r for every pair of methods, mean with a
-  bootstrap 95 % interval over images. A constant map (e.g. all zero after Grad-CAM's ReLU) has
-  no defined correlation: such images are left out of that pair and counted (``n_constant``).
-- :func:`localisation_table`: where a lesion mask exists, the share of heat-map energy inside
-  the mask and the pointing-game hit rate (is the map's maximum inside the mask, dilated by a
-  tolerance?), on positive images with a non-empty mask, next to two baselines that know nothing
-  of the image: a uniform-random map (scores about the mask's area fraction) and a centre
-  Gaussian prior. Constant maps are left out and counted (``n_excluded``).
-- Figures: :func:`plot_examples` (the Figure 4 layout), :func:`plot_correlation` (seaborn heat
-  map), :func:`plot_localisation`; :func:`heatmap_browser` (ipywidgets, for JupyterLab).
+- :func:`run_gradcam`: both, plus the statistics of the maps (:mod:`ssl_lib.heatmap_stats`,
+  re-exported here): :func:`correlation_table` (per-image Pearson r for every pair of methods,
+  with a bootstrap 95 % interval) and :func:`localisation_table` (energy share inside the lesion
+  mask and pointing game, beside image-blind baselines).
+
+The models are found by the results layer's names (:func:`ssl_lib.runs.run_file`, as fine-tuning
+wrote them) in the task's store (:func:`ssl_lib.tasks.task_store_path`, as fine-tuning read it).
+Figures and the heat-map browser are in :mod:`ssl_lib.explain_figures`.
 
 Shapes: images uint8 ``(N, H, W)``; masks uint8 ``(N, H, W)`` (1 = lesion); maps float32
 ``(N, H, W)``; labels int ``(N,)``.
@@ -36,35 +34,37 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import runs
+from .atomic import atomic_path
 from .data.store import SliceStore, normalize_batch
+from .heatmap_stats import (ExplainError, bootstrap_mean, centre_gaussian_maps, correlation_matrix,  # noqa: F401
+                            correlation_table, dilate_masks, energy_share, localisation_table, n_constant,
+                            pearson_per_image, pointing_hits, uniform_random_maps)
 from .paths import StudyPaths
 from .profiles import PROFILE_NAMES, ExplainProfile, explain_profile
+from .pretrain.registry import init_label, init_order
+from .tasks import fold_of, task_splits, task_store_path, use_study_tasks
 
-#: Initialisations in display order ("random" = no pre-training).
-INITS = ("random", "byol", "swav", "mocov2", "spark")
-LABELS = {"random": "Random", "byol": "BYOL", "swav": "SwAV", "mocov2": "MoCoV2", "spark": "SparK",
-          "uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
+#: Initialisations in display order ("random" = no pre-training) and their labels, from the method registry.
+INITS = init_order()
+LABELS = {**{i: init_label(i) for i in INITS}, "uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
 #: What Grad-CAM explains: the finding (class 1), the true class, or the predicted class.
 TARGET_MODES = ("auto", "positive", "true", "predicted")
 BASELINES = ("uniform-random", "centre-gaussian")
 
 
-class ExplainError(ValueError):
-    """Missing models or unusable inputs; the message names the file and the problem."""
-
-
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def _label(init: str) -> str:
+def init_label(init: str) -> str:
+    """The display label of an init (or a baseline map) in tables and figures."""
     return LABELS.get(init, init)
 
 
@@ -235,10 +235,10 @@ class HeatMaps:
         rows = []
         for init, m in self.maps.items():
             rows.append({
-                "method": _label(init), "n": len(m),
+                "method": init_label(init), "n": len(m),
                 "accuracy": float(np.mean(self.preds[init] == self.labels)) if init in self.preds and len(m) else np.nan,
                 "mean_prob_target": float(np.mean(self.probs[init])) if init in self.probs and len(m) else np.nan,
-                "constant_maps": _n_constant(m),
+                "constant_maps": n_constant(m),
             })
         return pd.DataFrame(rows)
 
@@ -246,7 +246,6 @@ class HeatMaps:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compressed ``.npz`` atomically (maps as ``map__<init>``, meta as JSON)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"images": self.images, "labels": self.labels, "indices": self.indices}
         if self.masks is not None:
             arrays["masks"] = self.masks
@@ -258,9 +257,8 @@ class HeatMaps:
         meta = {"task": self.task, "class_names": self.class_names, "task_kind": self.task_kind,
                 "inits": self.inits, **self.meta}
         arrays["meta"] = np.array(json.dumps(meta))
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez_compressed(f, **arrays)
         return path
 
     @classmethod
@@ -279,18 +277,15 @@ class HeatMaps:
             raise ExplainError(f"{path}: not a readable heat-map cache ({err})") from None
 
 
-def _run_stem(fraction: float, seed: int, fold: int = -1) -> str:
-    return f"f{float(fraction)}_s{int(seed)}" + (f"_k{int(fold)}" if fold is not None and fold >= 0 else "")
-
-
 def model_path(output_dir: str | os.PathLike, task: str, init: str, fraction: float = 1.0, seed: int = 0,
                fold: int = -1) -> Path:
-    """Where fine-tuning saved the model of (task, init, fraction, seed[, CV fold])."""
-    return StudyPaths(output_dir).finetune / "models" / task / init / f"{_run_stem(fraction, seed, fold)}.pt"
+    """Where fine-tuning saved the model of (task, init, fraction, seed[, CV fold]): :func:`ssl_lib.runs.run_file`."""
+    return runs.run_file(output_dir, "models", task, init, fraction, seed, fold)
 
 
 def cache_path(output_dir: str | os.PathLike, task: str, fraction: float = 1.0, seed: int = 0, fold: int = -1) -> Path:
-    return StudyPaths(output_dir).gradcam / f"{task}_{_run_stem(fraction, seed, fold)}.npz"
+    """The heat-map cache of the models of (task, fraction, seed[, fold]): ``gradcam/<task>_<run name>.npz``."""
+    return StudyPaths(output_dir).gradcam / f"{task}_{runs.run_name(fraction, seed, fold)}.npz"
 
 
 def select_indices(store: SliceStore, split: str = "test", max_images: int | None = None, seed: int = 0,
@@ -347,8 +342,9 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         raise ExplainError(f"target must be one of {TARGET_MODES}, got {target!r}")
     if stage not in STAGES:
         raise ExplainError(f"stage must be one of {STAGES}, got {stage!r}")
+    use_study_tasks(output_dir)  # a user task's store name is known from here
     paths = StudyPaths(output_dir)
-    store_dir = paths.store(task)
+    store_dir = task_store_path(output_dir, task)
     try:
         store = SliceStore(store_dir)
     except FileNotFoundError as err:
@@ -363,7 +359,8 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         inits = [i for i in INITS if model_path(output_dir, task, i, fraction, seed, fold).is_file()]
         if not inits:
             raise ExplainError(f"{paths.finetune / 'models' / task}: no fine-tuned model "
-                               f"{_run_stem(fraction, seed, fold)}.pt for any of {INITS}; run fine-tuning first "
+                               f"{model_path(output_dir, task, 'random', fraction, seed, fold).name} for any of "
+                               f"{INITS}; run fine-tuning first "
                                "(cross-validated tasks: pass the fold)")
     files = {i: model_path(output_dir, task, i, fraction, seed, fold) for i in inits}
     for i, f in files.items():
@@ -373,8 +370,6 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     if indices is not None:
         idx = np.asarray(indices, np.int64)
     elif fold is not None and fold >= 0:
-        from .tasks import task_splits
-
         idx = select_indices(store, max_images=max_images, seed=seed,
                              candidates=task_splits(store, task, seed, fold=fold).test)
     else:
@@ -426,11 +421,6 @@ def enlarge(images: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarr
     return y[:, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def _n_constant(maps: np.ndarray) -> int:
-    """How many of the maps ``(N, H, W)`` are constant (max - min <= 1e-6)."""
-    return int(np.sum(np.ptp(maps.reshape(len(maps), -1), axis=1) <= _CONST_EPS)) if len(maps) else 0
-
-
 def dropped_maps(heat: HeatMaps) -> pd.DataFrame:
     """Maps the correlation and localisation analyses leave out, per method, and why.
 
@@ -440,178 +430,11 @@ def dropped_maps(heat: HeatMaps) -> pd.DataFrame:
     """
     rows = []
     for init, m in heat.maps.items():
-        n_const = _n_constant(m)
-        rows.append({"method": _label(init), "n": len(m), "constant": n_const,
+        n_const = n_constant(m)
+        rows.append({"method": init_label(init), "n": len(m), "constant": n_const,
                      "share": n_const / len(m) if len(m) else np.nan,
                      "reason": "constant map: no positive Grad-CAM evidence for the explained class"})
     return pd.DataFrame(rows, columns=["method", "n", "constant", "share", "reason"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Agreement between methods
-
-_CONST_EPS = 1e-6
-
-
-def pearson_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of ``a[i]`` and ``b[i]`` over pixels, float64 ``(N,)``; NaN where either map is
-    constant (its correlation is undefined)."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    if a.shape != b.shape:
-        raise ExplainError(f"heat maps differ in shape: {a.shape} vs {b.shape}")
-    const = (np.ptp(a, axis=1) <= _CONST_EPS) | (np.ptp(b, axis=1) <= _CONST_EPS)
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    r = np.full(len(a), np.nan)
-    ok = ~const & (denom > 0)
-    r[ok] = np.clip((a[ok] * b[ok]).sum(1) / denom[ok], -1.0, 1.0)
-    return r
-
-
-def bootstrap_mean(values: np.ndarray, *, n_boot: int = 1000, ci: float = 0.95,
-                   seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``values`` and its percentile bootstrap ``ci`` interval (resampling values)."""
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return float(v.mean()), float(lo), float(hi)
-
-
-def correlation_table(maps: HeatMaps | Mapping[str, np.ndarray], *, n_boot: int = 1000, ci: float = 0.95,
-                      seed: int = 0) -> pd.DataFrame:
-    """For every pair of methods, the per-image Pearson r of their heat maps averaged over images.
-
-    Columns: ``init_a, init_b, mean_r, ci_low, ci_high, n, n_constant`` — ``n`` images with a
-    defined r, ``n_constant`` left out because one of the two maps is constant. The interval is a
-    percentile bootstrap over images (the paper gives the mean only).
-    """
-    maps = maps.maps if isinstance(maps, HeatMaps) else dict(maps)
-    rows = []
-    for k, (a, b) in enumerate(combinations(list(maps), 2)):
-        r = pearson_per_image(maps[a], maps[b])
-        mean, lo, hi = bootstrap_mean(r, n_boot=n_boot, ci=ci, seed=seed + k)
-        rows.append({"init_a": a, "init_b": b, "mean_r": mean, "ci_low": lo, "ci_high": hi,
-                     "n": int(np.isfinite(r).sum()), "n_constant": int(np.isnan(r).sum())})
-    return pd.DataFrame(rows, columns=["init_a", "init_b", "mean_r", "ci_low", "ci_high", "n", "n_constant"])
-
-
-def correlation_matrix(table: pd.DataFrame, value: str = "mean_r") -> pd.DataFrame:
-    """Square, symmetric matrix of ``value`` from :func:`correlation_table` (diagonal 1)."""
-    inits = list(dict.fromkeys(list(table["init_a"]) + list(table["init_b"])))
-    mat = pd.DataFrame(np.eye(len(inits)), index=inits, columns=inits)
-    for row in table.itertuples(index=False):
-        mat.loc[row.init_a, row.init_b] = mat.loc[row.init_b, row.init_a] = getattr(row, value)
-    return mat
-
-
-# ----------------------------------------------------------------------------------------------
-# Localisation against lesion masks
-
-
-def dilate_masks(masks: np.ndarray, tolerance: float = 0) -> np.ndarray:
-    """bool ``(N, H, W)``: pixels within ``tolerance`` pixels (Euclidean) of the mask."""
-    m = np.asarray(masks) > 0
-    if tolerance <= 0:
-        return m
-    from scipy.ndimage import distance_transform_edt
-
-    out = np.empty_like(m)
-    for i in range(len(m)):
-        out[i] = distance_transform_edt(~m[i]) <= tolerance if m[i].any() else m[i]
-    return out
-
-
-def energy_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Share of each map's energy inside the mask: ``sum(map * mask) / sum(map)``, ``(N,)``;
-    NaN for an all-zero map (no energy to share)."""
-    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    k = (np.asarray(masks) > 0).reshape(len(masks), -1)
-    total = m.sum(1)
-    out = np.full(len(m), np.nan)
-    ok = total > 0
-    out[ok] = (m * k).sum(1)[ok] / total[ok]
-    return out
-
-
-def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0) -> np.ndarray:
-    """Pointing game: 1.0 if the map's maximum (first one, row-major) lies inside the mask
-    dilated by ``tolerance`` pixels, else 0.0; NaN for a constant map (no maximum), ``(N,)``."""
-    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    k = dilate_masks(masks, tolerance).reshape(len(masks), -1)
-    hits = k[np.arange(len(m)), m.argmax(1)].astype(np.float64)
-    hits[np.ptp(m, axis=1) <= _CONST_EPS] = np.nan
-    return hits
-
-
-def uniform_random_maps(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """Baseline: i.i.d. uniform-random maps float32 ``(N, H, W)`` (expected energy share = the
-    mask's area fraction; pointing hit rate = the dilated mask's area fraction)."""
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
-
-
-def centre_gaussian_maps(shape: tuple[int, int, int], sigma: float = 0.25) -> np.ndarray:
-    """Baseline: a Gaussian at the image centre (``sigma`` as a fraction of the side), the same
-    for every image, float32 ``(N, H, W)`` in ``[0, 1]``."""
-    n, h, w = shape
-    y = (np.arange(h) - (h - 1) / 2) / (sigma * h)
-    x = (np.arange(w) - (w - 1) / 2) / (sigma * w)
-    g = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).astype(np.float32)
-    return np.broadcast_to(g, (n, h, w))
-
-
-def localisation_table(maps: HeatMaps | Mapping[str, np.ndarray], masks: np.ndarray | None = None,
-                       labels: np.ndarray | None = None, *, positive_label: int | None = 1,
-                       tolerance: float = 0, baselines: bool = True, n_boot: int = 1000,
-                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Energy share inside the mask and pointing-game hit rate per method, with baselines.
-
-    Scored on images whose label is ``positive_label`` (``None``: every label) and whose mask is
-    not empty. With a :class:`HeatMaps`, masks and labels come from it (``positive_label``
-    defaults to all labels for a multi-class task). Columns: ``method, kind`` (model or
-    baseline), ``metric`` (energy | pointing), ``mean, ci_low, ci_high`` (percentile bootstrap
-    over images), ``n`` scored, ``n_excluded`` (constant maps), ``chance`` (mean area fraction of
-    the mask, dilated for pointing: what a random map scores in expectation). Empty when there are
-    no masks or no positive images with a lesion.
-    """
-    columns = ["method", "kind", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded", "chance"]
-    if isinstance(maps, HeatMaps):
-        heat = maps
-        masks = heat.masks if masks is None else masks
-        labels = heat.labels if labels is None else labels
-        if heat.task_kind != "binary" and positive_label == 1:
-            positive_label = None
-        maps = heat.maps
-    maps = dict(maps)
-    if masks is None or not maps:
-        return pd.DataFrame(columns=columns)
-    masks = np.asarray(masks)
-    keep = (masks.reshape(len(masks), -1) > 0).any(1)
-    if positive_label is not None and labels is not None:
-        keep &= np.asarray(labels) == positive_label
-    if not keep.any():
-        return pd.DataFrame(columns=columns)
-    mk = masks[keep]
-    area = (mk > 0).reshape(len(mk), -1).mean(1)
-    area_dil = dilate_masks(mk, tolerance).reshape(len(mk), -1).mean(1)
-    scored = [(init, "model", np.asarray(m)[keep]) for init, m in maps.items()]
-    if baselines:
-        scored += [("uniform-random", "baseline", uniform_random_maps(mk.shape, seed)),
-                   ("centre-gaussian", "baseline", centre_gaussian_maps(mk.shape))]
-    rows = []
-    for k, (name, kind, m) in enumerate(scored):
-        for metric, values, chance in (("energy", energy_share(m, mk), area),
-                                       ("pointing", pointing_hits(m, mk, tolerance), area_dil)):
-            mean, lo, hi = bootstrap_mean(values, n_boot=n_boot, ci=ci, seed=seed + k)
-            rows.append({"method": name, "kind": kind, "metric": metric, "mean": mean, "ci_low": lo,
-                         "ci_high": hi, "n": int(np.isfinite(values).sum()),
-                         "n_excluded": int(np.isnan(values).sum()), "chance": float(chance.mean())})
-    return pd.DataFrame(rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -640,10 +463,6 @@ def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float =
     ``task``: empty: the study's first task (``<output>/tasks.json``; the paper's COVID-19 by default).
     ``fold < 0`` on a cross-validated task: the fold run ``seed`` used (:func:`ssl_lib.tasks.fold_of`).
     """
-    from .tasks import use_study_tasks
-
-    from .tasks import fold_of
-
     names = use_study_tasks(output_dir)  # the study's user tasks become known here
     task = task or names[0]
     if fold < 0:  # a cross-validated task: the fold that run `seed` used
@@ -660,179 +479,9 @@ def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float =
     files = {"cache": stem.with_suffix(".npz"),
              "correlation": stem.with_name(stem.name + "_correlation.csv"),
              "localisation": stem.with_name(stem.name + "_localisation.csv")}
-    corr.to_csv(files["correlation"], index=False)
-    loc.to_csv(files["localisation"], index=False)
+    for name, table in (("correlation", corr), ("localisation", loc)):
+        with atomic_path(files[name]) as tmp:
+            table.to_csv(tmp, index=False)
     return GradCamResult(heat, corr, loc, files)
 
 
-# ----------------------------------------------------------------------------------------------
-# Figures
-
-
-def example_rows(heat: HeatMaps, n_examples: int = 2) -> np.ndarray:
-    """Positions (into ``heat``) of the Figure 4 rows: ``n_examples`` images per class, the
-    finding first for a binary task; positive images with a lesion mask are preferred."""
-    order = [1, 0] if heat.task_kind == "binary" else sorted(np.unique(heat.labels).tolist())
-    rows = []
-    for c in order:
-        pos = np.flatnonzero(heat.labels == c)
-        if heat.masks is not None and len(pos):
-            has = heat.masks[pos].reshape(len(pos), -1).any(1)
-            pos = np.concatenate([pos[has], pos[~has]])
-        rows.extend(pos[:n_examples].tolist())
-    return np.asarray(rows, np.int64)
-
-
-def _overlay(ax, image, heat_map, alpha, cmap):
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    if heat_map is not None:
-        ax.imshow(heat_map, cmap=cmap, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | None = None,
-                  inits: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
-                  show_mask: bool = True, panel_size: float = 1.35):
-    """The paper's Figure 4: one image per row (``n_examples`` per class, finding first, or the
-    given positions ``rows``), the input in the first column (lesion outline in white where a
-    mask exists), then one Grad-CAM overlay per method with the probability it gives the
-    explained class. Returns a matplotlib Figure."""
-    import matplotlib.pyplot as plt
-
-    rows = example_rows(heat, n_examples) if rows is None else np.asarray(rows, np.int64)
-    inits = heat.inits if inits is None else list(inits)
-    n_r, n_c = max(len(rows), 1), 1 + len(inits)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(panel_size * n_c, panel_size * n_r + 0.4), squeeze=False)
-    for r, i in enumerate(rows):
-        ax = axes[r, 0]
-        _overlay(ax, heat.images[i], None, alpha, cmap)
-        if show_mask and heat.masks is not None and heat.masks[i].any():
-            ax.contour(heat.masks[i], levels=[0.5], colors="white", linewidths=0.8)
-        ax.set_ylabel(f"{heat.class_name(int(heat.labels[i]))}\n#{int(heat.indices[i])}", fontsize=9)
-        for c, init in enumerate(inits, start=1):
-            ax = axes[r, c]
-            _overlay(ax, heat.images[i], heat.maps[init][i], alpha, cmap)
-            if init in heat.probs:
-                ax.text(0.02, 0.02, f"p={heat.probs[init][i]:.2f}", transform=ax.transAxes, fontsize=8,
-                        color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
-    for c, title in enumerate(["Input"] + [_label(i) for i in inits]):
-        axes[0, c].set_title(title, fontsize=10)
-    if not len(rows):
-        for ax in axes.ravel():
-            ax.axis("off")
-    fig.suptitle(f"Grad-CAM, {heat.task} test images (p: probability of the explained class)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_correlation(table: pd.DataFrame, *, ax=None, annotate_ci: bool = True, cmap: str = "vlag"):
-    """Seaborn heat map of the mean per-image correlation between methods (from
-    :func:`correlation_table`), annotated with the mean and its 95 % interval. Returns the Figure."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    mat = correlation_matrix(table)
-    labels = [_label(i) for i in mat.index]
-    annot = mat.map(lambda v: f"{v:.2f}")
-    if annotate_ci and len(table):
-        lo, hi = correlation_matrix(table, "ci_low"), correlation_matrix(table, "ci_high")
-        for a in mat.index:
-            for b in mat.columns:
-                if a != b:
-                    annot.loc[a, b] = f"{mat.loc[a, b]:.2f}\n[{lo.loc[a, b]:.2f}, {hi.loc[a, b]:.2f}]"
-    if ax is None:
-        side = 1.1 + 1.1 * len(mat)
-        fig, ax = plt.subplots(figsize=(side + 1.0, side))
-    else:
-        fig = ax.figure
-    sns.heatmap(mat.astype(float), annot=annot.to_numpy(), fmt="", vmin=-1, vmax=1, center=0, cmap=cmap,
-                square=True, xticklabels=labels, yticklabels=labels, ax=ax, annot_kws={"fontsize": 8},
-                cbar_kws={"label": "mean Pearson r"})
-    ax.set_title("Heat-map correlation between methods (per image, averaged)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_localisation(table: pd.DataFrame):
-    """Bars of the energy share and pointing-game hit rate per method (baselines hatched) with
-    their 95 % intervals and the chance level (dashed). Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    metrics = [("energy", "energy share inside mask"), ("pointing", "pointing-game hit rate")]
-    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4), squeeze=False)
-    for ax, (metric, title) in zip(axes[0], metrics):
-        t = table[table["metric"] == metric].reset_index(drop=True)
-        ax.set_title(title, fontsize=10)
-        if t.empty:
-            ax.text(0.5, 0.5, "no lesion masks", ha="center", va="center", transform=ax.transAxes)
-            ax.axis("off")
-            continue
-        x = np.arange(len(t))
-        err = np.vstack([t["mean"] - t["ci_low"], t["ci_high"] - t["mean"]]).astype(float)
-        colors = ["tab:blue" if k == "model" else "lightgrey" for k in t["kind"]]
-        bars = ax.bar(x, t["mean"].astype(float), yerr=np.nan_to_num(err), color=colors, capsize=3, edgecolor="black")
-        for bar, kind in zip(bars, t["kind"]):
-            if kind == "baseline":
-                bar.set_hatch("//")
-        ax.axhline(float(t["chance"].iloc[0]), ls="--", color="black", lw=1, label="chance (random map)")
-        ax.set_xticks(x, [_label(m) for m in t["method"]], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    return fig
-
-
-def draw_heatmap(heat: HeatMaps, i: int, init: str, alpha: float = 0.5, cmap: str = "jet"):
-    """Image ``i`` of ``heat`` (lesion outline in white where a mask exists) beside ``init``'s heat map on it."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
-    _overlay(axes[0], heat.images[i], None, alpha, cmap)
-    if heat.masks is not None and heat.masks[i].any():
-        axes[0].contour(heat.masks[i], levels=[0.5], colors="white", linewidths=0.8)
-    axes[0].set_title(f"input #{int(heat.indices[i])} ({heat.class_name(int(heat.labels[i]))})", fontsize=10)
-    _overlay(axes[1], heat.images[i], heat.maps[init][i], alpha, cmap)
-    p = f", p={heat.probs[init][i]:.2f}" if init in heat.probs else ""
-    axes[1].set_title(f"{_label(init)}{p}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def heatmap_browser(heat: HeatMaps, *, cmap: str = "jet", max_images: int = 8):
-    """Pick an image and a method: ipywidgets in JupyterLab (with the overlay strength); in a
-    batch run (the book) a :func:`ssl_lib.viewer.frame_viewer` over ``max_images`` images x methods."""
-    from .viewer import evenly_spaced, frame_viewer
-    from .widgets import batch_run
-
-    names = [f"#{int(heat.indices[i])} {heat.class_name(int(heat.labels[i]))}" for i in range(len(heat))]
-    if batch_run():
-        if not len(heat) or not heat.inits:
-            from IPython.display import Markdown
-
-            return Markdown("*No heat maps to browse.*")
-        picks = evenly_spaced(len(heat), max_images)
-        return frame_viewer(lambda k, m: draw_heatmap(heat, picks[k], heat.inits[m], 0.5, cmap),
-                            [("image", [names[i] for i in picks]), ("method", [_label(i) for i in heat.inits])],
-                            slider=[True, False])
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    image = widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], description="image")
-    method = widgets.Dropdown(options=[(_label(i), i) for i in heat.inits], description="method")
-    alpha = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="overlay")
-    out = widgets.Output()
-
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig = draw_heatmap(heat, image.value, method.value, alpha.value, cmap)
-            display(fig)
-            plt.close(fig)
-
-    for w in (image, method, alpha):
-        w.observe(draw, names="value")
-    if len(heat) and heat.inits:
-        draw()
-    return widgets.VBox([widgets.HBox([image, method, alpha]), out])

@@ -25,8 +25,8 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
 * the linear-only phase computes the frozen backbone's features once (of each slice and of its
   mirror image when flipping) and trains the head on them: the same result as running the
   frozen backbone every epoch, at the cost of two forward passes (not with ``augment="monai"``
-  or ``train_bn_frozen``, where the backbone sees every augmented batch). :func:`finetune_run` keeps
-  the features of a task's slices per backbone (:func:`frozen_features`, keyed by a hash of the
+  or ``train_bn_frozen``, where the backbone sees every augmented batch). A grid keeps
+  the features of a task's slices per backbone in its :class:`FeatureCache` (keyed by a hash of the
   weights and of the slices), so the runs of one init at other fractions and seeds reuse them;
 * :func:`run_grid` spreads runs over worker processes (``workers``; on the CPU each worker gets
   an equal share of the threads: on 2 cores two single-threaded workers ran a quick-profile grid
@@ -37,9 +37,9 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
   :mod:`ssl_lib.precision`), channels-last tensors, asynchronous host-to-device copies and no
   per-step host-device sync (the epoch's loss is summed on the device and read once).
 
-Every run appends one row to ``StudyPaths.results`` (:data:`RESULT_COLUMNS`) and writes
+Every run appends one row to ``StudyPaths.results`` (:data:`ssl_lib.runs.RESULT_COLUMNS`) and writes
 per-epoch curves (``finetune/curves``) and per-slice test probabilities (``finetune/predictions``,
-for :mod:`ssl_lib.stats`); in a grid only the models that a later step reads are written
+for :mod:`ssl_lib.stats`), named and written by :mod:`ssl_lib.runs`; in a grid only the models that a later step reads are written
 (``finetune/models``; ``FinetuneProfile.keep_models``: the first seed at the largest fraction).
 """
 
@@ -61,6 +61,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .data.store import SliceStore, normalize_batch
 from .finetune_augment import AUGMENTS, MonaiAugment
 from .inits import EncoderInit, InitError, apply_init, available_methods, list_encoder_epochs, load_init
@@ -72,26 +73,12 @@ from .profiles import FinetuneProfile
 from .profiles import finetune_profile as get_profile
 from .precision import autocast, resolve_channels_last, resolve_precision
 from .reduction import reduce_indices, stop_reducing
+from .runs import RESULT_COLUMNS, RUN_KEY, append_result, read_results, run_file, write_curves, write_predictions  # noqa: F401 (RESULT_COLUMNS: re-exported)
 from .tasks import (Split, TaskSpec, class_counts, fold_of, get_task, task_names,
-                    task_splits, use_study_tasks)
-
-
-RESULT_COLUMNS = ["task", "init", "pretrain_epoch", "fraction", "seed", "fold", "best_epoch", "accuracy", "auc", "f1",
-                  "f1_seed", "val_accuracy", "val_auc", "val_f1", "train_size", "train_per_class", "val_size",
-                  "test_size", "time_s", "profile", "arch", "image_size", "synthetic"]
-RUN_KEY = ["task", "init", "fraction", "seed", "fold", "profile"]
+                    task_splits, task_store_path, use_study_tasks)
 
 
 # --------------------------------------------------------------------------- data in memory
-def is_synthetic_store(store: SliceStore) -> bool:
-    """Whether a store was built from the built-in synthetic generator (its meta says so)."""
-    meta = store.meta
-    if meta.get("synthetic") is True:
-        return True
-    reader = meta.get("reader") or {}
-    return bool(reader.get("synthetic")) or "synthetic" in json.dumps(reader).lower()
-
-
 def pixel_stats(images: torch.Tensor | np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the grey values ``/ 255`` of uint8 slices ``(N, 1, H, W)``.
 
@@ -151,7 +138,7 @@ class TaskData:
 
 def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: str | TaskSpec,
                    image_size: int | None = None) -> TaskData:
-    """Read the task's store (``StudyPaths(out).store(spec.store)`` or a store/its path) into memory.
+    """Read the task's store (:func:`ssl_lib.tasks.task_store_path` of a study folder, or a store/its path) into memory.
 
     Slices are resized once to ``image_size`` when the store holds another size.
     """
@@ -162,7 +149,7 @@ def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: st
         store = output_dir_or_store
     else:
         p = Path(output_dir_or_store)
-        store = SliceStore(p if (p / "meta.json").is_file() else StudyPaths(p).store(spec.store))
+        store = SliceStore(p if (p / "meta.json").is_file() else task_store_path(p, spec))
     images = torch.from_numpy(np.array(store.images, dtype=np.uint8)).unsqueeze(1)  # one read, in memory
     if image_size is not None and image_size != store.image_size:
         chunks = [F.interpolate(c.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
@@ -170,11 +157,7 @@ def load_task_data(output_dir_or_store: str | os.PathLike | SliceStore, task: st
                   for c in images.split(1024)]
         images = torch.cat(chunks)
     labels = torch.from_numpy(store.labels.astype(np.int64))
-    synthetic = is_synthetic_store(store)
-    if not isinstance(output_dir_or_store, SliceStore) and store.path.parent.parent == Path(output_dir_or_store):
-        # a study folder whose stores came from the built-in generator (its marker file)
-        synthetic = synthetic or (StudyPaths(output_dir_or_store).synthetic / "synthetic.json").is_file()
-    return TaskData(spec, store, images, labels, store.mean, store.std, synthetic)
+    return TaskData(spec, store, images, labels, store.mean, store.std, store.synthetic)
 
 
 # --------------------------------------------------------------------------- training
@@ -263,9 +246,7 @@ def _features(backbone, images, mean, std, batch_size, device, channels_last, fl
     return torch.cat(feats)
 
 
-#: Frozen-backbone features of task slices per backbone, most recent last (:func:`frozen_features`).
-_FEATURE_CACHE: OrderedDict[tuple, tuple["_SliceFeatures", "_SliceFeatures"]] = OrderedDict()
-#: Most bytes the cache holds (oldest entries are dropped first; the newest is always kept).
+#: Most bytes a :class:`FeatureCache` holds by default (oldest entries are dropped first; the newest is always kept).
 FEATURE_CACHE_BYTES = 1 << 30
 
 
@@ -301,25 +282,66 @@ class _SliceFeatures:
         return self.values[torch.from_numpy(np.asarray(idx)).to(self.values.device)]
 
 
+class FeatureCache:
+    """Frozen-backbone features of task slices, per backbone, most recently used last.
+
+    Owned by whoever runs a series of runs: :func:`run_grid` makes one per grid (its worker
+    processes and cluster jobs one each), a benchmark its own; two caches share nothing. Entries
+    are keyed by a hash of the backbone's weights and of the slices (plus device, precision and
+    memory format); each entry holds the features ``(N, D)`` of the task's N slices and of their
+    mirror images, filled in as rows are asked for. Beyond ``max_bytes`` the oldest entries are
+    dropped (the newest is always kept). A copy sent to another process (pickled) starts empty:
+    features never cross processes.
+    """
+
+    def __init__(self, max_bytes: int = FEATURE_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[tuple, tuple[_SliceFeatures, _SliceFeatures]] = OrderedDict()
+
+    def __reduce__(self):
+        return type(self), (self.max_bytes,)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self._entries.values())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def entry(self, key: tuple, n: int) -> tuple[_SliceFeatures, _SliceFeatures]:
+        """The (plain, mirrored) features of ``key`` for ``n`` slices, made empty if new; now the most recent."""
+        if key not in self._entries:
+            self._entries[key] = (_SliceFeatures(n), _SliceFeatures(n))
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def trim(self) -> None:
+        """Drop the oldest entries while the cache holds more than ``max_bytes`` (keeps the newest)."""
+        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
+            self._entries.popitem(last=False)
+
+
 def frozen_features(backbone: torch.nn.Module, data: TaskData, profile: str | FinetuneProfile,
-                    train_idx: np.ndarray, val_idx: np.ndarray, device: str | torch.device = "cpu") -> "FrozenFeatures":
+                    train_idx: np.ndarray, val_idx: np.ndarray, device: str | torch.device = "cpu",
+                    cache: FeatureCache | None = None) -> "FrozenFeatures":
     """The linear phase's input: the frozen (eval-mode) ``backbone``'s features of ``data``'s slices.
 
     Features of training slices (and of their mirror images when the profile flips) and of
-    validation slices, by index into the task. They are kept in a per-process cache keyed by a
-    hash of the backbone's weights and of the slices (plus device, precision and memory format),
-    and each slice is computed once: the runs of one init on one task (every fraction and seed;
-    for a random init every fraction of one seed) share them. The backbone must already be on
-    ``device`` (in channels-last format where the profile uses it).
+    validation slices, by index into the task. With a ``cache`` (:class:`FeatureCache`) each
+    slice is computed once for it: the runs of one init on one task (every fraction and seed; for
+    a random init every fraction of one seed) share them; without one they are computed here and
+    kept nowhere. The backbone must already be on ``device`` (in channels-last format where the
+    profile uses it).
     """
     prof = get_profile(profile)
     device = torch.device(device)
     cl, precision = device_options(prof, device)
+    cache = cache if cache is not None else FeatureCache()
     key = (weights_fingerprint(backbone), data.fingerprint, str(device), cl, precision)
-    if key not in _FEATURE_CACHE:
-        _FEATURE_CACHE[key] = (_SliceFeatures(len(data.images)), _SliceFeatures(len(data.images)))
-    _FEATURE_CACHE.move_to_end(key)
-    plain, mirrored = _FEATURE_CACHE[key]
+    plain, mirrored = cache.entry(key, len(data.images))
 
     def compute(flip: bool):
         return lambda rows: _features(backbone, data.images[torch.from_numpy(rows)], data.mean, data.std,
@@ -331,8 +353,7 @@ def frozen_features(backbone: torch.nn.Module, data: TaskData, profile: str | Fi
     result = FrozenFeatures(plain.rows(train_idx, compute(False)),
                             mirrored.rows(train_idx, compute(True)) if prof.augment == "flip" else None,
                             plain.rows(val_idx, compute(False)))
-    while len(_FEATURE_CACHE) > 1 and sum(a.nbytes + b.nbytes for a, b in _FEATURE_CACHE.values()) > FEATURE_CACHE_BYTES:
-        _FEATURE_CACHE.popitem(last=False)
+    cache.trim()
     return result
 
 
@@ -511,44 +532,6 @@ def _progress(total: int, show: bool, desc: str):
 
 
 # --------------------------------------------------------------------------- one run
-def run_name(fraction: float, seed: int, fold: int = -1) -> str:
-    """``f{fraction}_s{seed}[_k{fold}]``, the file stem of a run's model/curves/predictions."""
-    return f"f{float(fraction)}_s{int(seed)}" + (f"_k{int(fold)}" if fold is not None and fold >= 0 else "")
-
-
-def run_file(output_dir: str | os.PathLike, kind: str, task: str, init: str, fraction: float, seed: int,
-             fold: int = -1) -> Path:
-    """Path of a run's ``kind`` file: ``models`` (.pt), ``curves`` or ``predictions`` (.csv)."""
-    ext = ".pt" if kind == "models" else ".csv"
-    return StudyPaths(output_dir).finetune / kind / task / init / (run_name(fraction, seed, fold) + ext)
-
-
-def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append one row to the results CSV (header on first write; columns merged if they differ)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS} | {k: v for k, v in row.items()
-                                                                    if k not in RESULT_COLUMNS}])
-    if path.is_file() and path.stat().st_size > 0:
-        header = pd.read_csv(path, nrows=0).columns.tolist()
-        if header == frame.columns.tolist():
-            frame.to_csv(path, mode="a", header=False, index=False)
-            return
-        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def read_results(output_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
-    """The results table (empty with :data:`RESULT_COLUMNS` if none yet), optionally one profile's rows."""
-    path = StudyPaths(output_dir).results
-    if not path.is_file():
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    frame = pd.read_csv(path)
-    return frame[frame["profile"] == profile].reset_index(drop=True) if profile is not None else frame
-
-
 def _resolve_init(init: str | EncoderInit, output_dir, arch: str, pretrain_epoch) -> EncoderInit:
     if isinstance(init, EncoderInit):
         return init
@@ -559,13 +542,14 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
                  fraction: float = 1.0, seed: int = 0, profile: str | FinetuneProfile = "quick",
                  fold: int | None = None, pretrain_epoch: int | str | None = None, data: TaskData | None = None,
                  device: str | torch.device = "cpu", save: bool = True, record: bool = True,
-                 save_model: bool = True, progress: bool = False) -> dict:
+                 save_model: bool = True, progress: bool = False, features: FeatureCache | None = None) -> dict:
     """One fine-tuning run: train on the (reduced) training split, select on val, test once.
 
     ``init``: ``"random"``, a method name (our encoder at ``pretrain_epoch``, default the last),
     a released checkpoint path, or an :class:`EncoderInit`. With ``save`` curves/predictions (and
     with ``save_model`` the model) are written and (with ``record``) the row is appended to the
-    results CSV. Returns the row
+    results CSV. ``features``: the :class:`FeatureCache` whose frozen-backbone features this run
+    reuses and adds to (``None``: computed for this run only). Returns the row
     (plus ``"_fit"``: the :class:`FitResult` and ``"_probs"``: test probabilities, not written).
     """
     prof = get_profile(profile)
@@ -588,7 +572,7 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
         model.to(device)
         if cl:
             model.to(memory_format=torch.channels_last)
-        frozen = frozen_features(model.backbone, data, prof, train_idx, split.val, device)
+        frozen = frozen_features(model.backbone, data, prof, train_idx, split.val, device, cache=features)
     result = fit(model, data.images[t(train_idx)], data.labels[t(train_idx)], data.images[t(split.val)],
                  data.labels[t(split.val)], prof, mean=data.mean, std=data.std, seed=seed, device=device,
                  progress=progress, frozen=frozen)
@@ -617,32 +601,29 @@ def _save_run(output_dir, spec, init_name, fraction, seed, split, result, probs,
     """Write a run's model (with ``save_model``), curves and test predictions (not its results row)."""
     fold = split.fold
     if save_model:
-            save_classifier(result.model, run_file(output_dir, "models", spec.name, init_name, fraction, seed, fold),
+        save_classifier(result.model, run_file(output_dir, "models", spec.name, init_name, fraction, seed, fold),
                         task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed), fold=int(fold),
                         mean=data.mean, std=data.std, image_size=data.image_size,
                         class_names=list(spec.class_names), profile=prof.name, pretrain_epoch=row["pretrain_epoch"])
-    curves = run_file(output_dir, "curves", spec.name, init_name, fraction, seed, fold)
-    curves.parent.mkdir(parents=True, exist_ok=True)
-    result.curves.assign(task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed),
-                         fold=int(fold)).to_csv(curves, index=False)
-    pred = pd.DataFrame({"index": split.test, "label": y_test, "pred": probs.argmax(1)})
-    for c in range(probs.shape[1]):
-        pred[f"prob_{c}"] = probs[:, c]
-    pred_path = run_file(output_dir, "predictions", spec.name, init_name, fraction, seed, fold)
-    pred_path.parent.mkdir(parents=True, exist_ok=True)
-    pred.to_csv(pred_path, index=False)
+    run = dict(task=spec.name, init=init_name, fraction=float(fraction), seed=int(seed), fold=int(fold))
+    write_curves(run_file(output_dir, "curves", spec.name, init_name, fraction, seed, fold), result.curves, **run)
+    write_predictions(run_file(output_dir, "predictions", spec.name, init_name, fraction, seed, fold), split.test,
+                      y_test, probs)
 
 
 # --------------------------------------------------------------------------- pre-training epoch
 def select_pretrain_epoch(output_dir: str | os.PathLike, task: str | TaskSpec, method: str,
                           profile: str | FinetuneProfile = "quick", *, epochs: Sequence[int] | None = None,
-                          seed: int = 0, data: TaskData | None = None, device="cpu", progress: bool = False) -> int:
+                          seed: int = 0, data: TaskData | None = None, device="cpu", progress: bool = False,
+                          features: FeatureCache | None = None) -> int:
     """Pick the pre-training epoch of ``method`` with the best *validation* F1 on ``task``.
 
     Fine-tunes on the full training split from each exported encoder epoch (or ``epochs``); the
     paper evaluates every 50th of 900 epochs and keeps the best (it picked on test F1; we pick
     on validation F1 so the test set stays untouched). Results are cached in
     ``finetune/epoch_selection.csv`` (one row per evaluated epoch, ``chosen`` marks the pick).
+    ``features``: the :class:`FeatureCache` its runs share (a grid's own, so that its later runs of
+    the chosen epoch reuse the features).
     """
     prof = get_profile(profile)
     spec = get_task(task)
@@ -659,14 +640,14 @@ def select_pretrain_epoch(output_dir: str | os.PathLike, task: str | TaskSpec, m
     rows = []
     for ep in epochs:
         row = finetune_run(output_dir, spec, method, seed=seed, profile=prof, pretrain_epoch=ep, data=data,
-                           device=device, save=False, progress=progress)
+                           device=device, save=False, progress=progress, features=features)
         rows.append({"task": spec.name, "method": method, "pretrain_epoch": ep, "profile": prof.name,
                      "val_f1": row["val_f1"], "val_auc": row["val_auc"], "val_accuracy": row["val_accuracy"]})
     new = pd.DataFrame(rows)
     best = int(new.loc[new["val_f1"].fillna(-1).idxmax(), "pretrain_epoch"])
     new["chosen"] = new["pretrain_epoch"] == best
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.concat([old, new], ignore_index=True).to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        pd.concat([old, new], ignore_index=True).to_csv(tmp, index=False)
     return best
 
 
@@ -710,8 +691,13 @@ def _worker_init(threads: int, parent_pid: int | None = None) -> None:
     torch.set_num_threads(threads)
 
 
-def _grid_group(output_dir: str, prof: FinetuneProfile, device: str, jobs: list[dict]) -> list[dict]:
-    """Runs of one (task, init) in a worker process: files written, results rows returned (not appended)."""
+def _grid_group(output_dir: str, prof: FinetuneProfile, device: str, jobs: list[dict],
+                features: FeatureCache) -> list[dict]:
+    """Runs of one (task, init) in a worker process: files written, results rows returned (not appended).
+
+    ``features``: the grid's cache as it arrives in the worker, empty (:class:`FeatureCache` is
+    not copied between processes): the group's runs share it.
+    """
     rows = []
     for j in jobs:
         key = (output_dir, j["task"], prof.image_size)
@@ -720,13 +706,13 @@ def _grid_group(output_dir: str, prof: FinetuneProfile, device: str, jobs: list[
             _WORKER_DATA[key] = load_task_data(output_dir, j["task"], prof.image_size)
         row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
                            pretrain_epoch=j["pretrain_epoch"], data=_WORKER_DATA[key], device=device, save=True,
-                           record=False, save_model=j["save_model"])
+                           record=False, save_model=j["save_model"], features=features)
         rows.append({k: v for k, v in row.items() if not k.startswith("_")})
     return rows
 
 
 def _run_parallel(groups: list[list[dict]], output_dir, prof: FinetuneProfile, device, n_workers: int,
-                  on_done) -> None:
+                  on_done, features: FeatureCache) -> None:
     """Run each group of jobs on one of ``n_workers`` processes (threads split evenly); ``on_done(job, row)`` here.
 
     Workers are forked on Linux CPUs (instant, nothing re-imported, no ``__main__`` guard needed
@@ -739,7 +725,7 @@ def _run_parallel(groups: list[list[dict]], output_dir, prof: FinetuneProfile, d
     threads = max(1, torch.get_num_threads() // n_workers)
     with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork" if fork else "spawn"),
                              initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
-        futures = {pool.submit(_grid_group, str(output_dir), prof, str(device), g): g for g in groups}
+        futures = {pool.submit(_grid_group, str(output_dir), prof, str(device), g, features): g for g in groups}
         pending = set(futures)
         try:
             while pending:
@@ -757,7 +743,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
              fractions: Sequence[float] | dict | None = None, seeds: Sequence[int] | None = None,
              profile: str | FinetuneProfile = "quick", *, stop_f1: float | None | str = "profile",
              pretrain_epoch: str | int | None = None, device="cpu", workers: int | str = 1,
-             progress: bool = True, executor=None) -> pd.DataFrame:
+             progress: bool = True, executor=None, features: FeatureCache | None = None) -> pd.DataFrame:
     """Fine-tune every task x init x fraction x seed (the paper's reduction study), resumably.
 
     Runs whose key (task, init, fraction, seed, fold, profile) is already in the results CSV
@@ -769,8 +755,10 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     :func:`resolve_workers`); each takes all runs of one task and init (of one seed for a
     random init), which share the frozen features, largest first; their rows are appended
     here as each group finishes. ``executor``: a :class:`ssl_lib.cluster.GridExecutor` runs the
-    pending runs as cluster jobs instead (``workers`` is then unused). Returns this profile's
-    rows of the results table.
+    pending runs as cluster jobs instead (``workers`` is then unused). ``features``: the grid's
+    :class:`FeatureCache` (``None``: a new one, owned by this call; each group of runs on a worker
+    process gets an empty copy of it, each cluster job one of its own). Returns this profile's rows
+    of the results table.
     """
     prof = get_profile(profile)
     tasks = task_names(tasks, output_dir)  # None: the study's tasks (<output>/tasks.json), else the paper's
@@ -779,6 +767,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     stop = prof.stop_f1 if stop_f1 == "profile" else stop_f1
     choose = pretrain_epoch if pretrain_epoch is not None else prof.pretrain_epoch
     n_workers = resolve_workers(workers, device)
+    features = features if features is not None else FeatureCache()
 
     def fractions_of(task: str) -> list[float]:
         f = fractions.get(task, prof.fractions_for(task)) if isinstance(fractions, dict) else (
@@ -802,7 +791,8 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     def epoch_of(t: str, i: str):
         if (t, i) not in epochs:
             epochs[(t, i)] = (None if i == "random" or names[i] != i
-                              else select_pretrain_epoch(output_dir, t, i, prof, data=task_data(t), device=device)
+                              else select_pretrain_epoch(output_dir, t, i, prof, data=task_data(t), device=device,
+                                                         features=features)
                               if choose == "best" else choose)
         return epochs[(t, i)]
 
@@ -831,13 +821,13 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
             executor.run(ordered, output_dir, prof, device, on_done)
             return
         if min(n_workers, len(ordered)) > 1:
-            _run_parallel(ordered, output_dir, prof, device, min(n_workers, len(ordered)), on_done)
+            _run_parallel(ordered, output_dir, prof, device, min(n_workers, len(ordered)), on_done, features)
             return
         jobs = [j for g in sorted(ordered, key=lambda g: g[0]["task"]) for j in g]  # one task in memory at a time
         for j in jobs:
             row = finetune_run(output_dir, j["task"], j["init"], fraction=j["fraction"], seed=j["seed"], profile=prof,
                                pretrain_epoch=j["pretrain_epoch"], data=task_data(j["task"]), device=device,
-                               save=True, record=False, save_model=j["save_model"])
+                               save=True, record=False, save_model=j["save_model"], features=features)
             on_done(j, {k: v for k, v in row.items() if not k.startswith("_")})
 
     if prof.keep_models not in ("first", "all"):
@@ -867,6 +857,6 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
 def _num_slices(output_dir, task: str) -> int:
     """Slices in a task's store (a run's cost grows with it); 0 if the store is missing."""
     try:
-        return int(SliceStore(StudyPaths(output_dir).store(get_task(task).store)).meta.get("num_slices", 0))
+        return int(SliceStore(task_store_path(output_dir, task)).meta.get("num_slices", 0))
     except Exception:  # noqa: BLE001 - only an ordering hint; loading the task reports the real error
         return 0

@@ -5,9 +5,10 @@ dict without ``fc`` plus where it came from); :func:`apply_init` puts it into a
 :class:`~ssl_lib.models.classifier.Classifier` (or bare backbone). Three kinds of ``init``:
 
 * ``"random"``: torchvision's default initialisation, the paper's "-" row in Table 2.
-* a method name (``"byol"``, ``"swav"``, ``"mocov2"``, ``"spark"``, or any folder under
+* a method name (one of :func:`ssl_lib.pretrain.registry.method_names`, or any folder under
   ``StudyPaths(out).pretrain``): our exported encoder ``encoders/epoch_XXXX.pt`` at a chosen
-  epoch (default: the last one) with its ``.json`` card.
+  epoch (default: the last one) with its ``.json`` card, read by
+  :func:`ssl_lib.pretrain.encoder_file.load_encoder`.
 * the path of a checkpoint the paper's authors released (Google Drive links in their README),
   or a method name plus that path as ``source``. Their four formats (top-level key, prefix of
   the backbone keys) are in :data:`RELEASED_FORMATS`. The authors load them with
@@ -18,20 +19,18 @@ dict without ``fc`` plus where it came from); :func:`apply_init` puts it into a
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .models.backbone import build_backbone, load_encoder_weights
+from .errors import SslCtError
+from .models.backbone import build_backbone, encoder_state_dict, load_encoder_weights
 from .paths import StudyPaths
-
-METHODS = ("byol", "swav", "mocov2", "spark")
+from .pretrain import encoder_file
 
 #: The authors' released checkpoints: method -> (top-level key, prefix of backbone keys).
 RELEASED_FORMATS: dict[str, tuple[str, str]] = {
@@ -41,10 +40,8 @@ RELEASED_FORMATS: dict[str, tuple[str, str]] = {
     "byol": ("state_dict", "online_network.encoder."),
 }
 
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
-
-class InitError(ValueError):
+class InitError(SslCtError, ValueError):
     """An initialisation cannot be found or does not fit the backbone; names the file."""
 
 
@@ -73,23 +70,25 @@ def encoder_dir(output_dir: str | os.PathLike, method: str) -> Path:
 
 def list_encoder_epochs(output_dir: str | os.PathLike, method: str) -> list[int]:
     """Epochs with an exported encoder of ``method``, ascending (empty if none)."""
-    d = encoder_dir(output_dir, method)
-    if not d.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_RE.match(p.name)))
+    return encoder_file.list_encoder_epochs(StudyPaths(output_dir).pretrain(method))
 
 
-def available_methods(output_dir: str | os.PathLike, methods=METHODS) -> list[str]:
-    """The methods (in ``methods`` order) that have at least one exported encoder."""
+def available_methods(output_dir: str | os.PathLike, methods: Sequence[str] | None = None) -> list[str]:
+    """The methods (in ``methods`` order, default the registry's) that have at least one exported encoder."""
+    if methods is None:
+        from .pretrain.registry import method_names
+
+        methods = method_names()
     return [m for m in methods if list_encoder_epochs(output_dir, m)]
 
 
 def encoder_path(output_dir: str | os.PathLike, method: str, epoch: int) -> Path:
-    return encoder_dir(output_dir, method) / f"epoch_{int(epoch):04d}.pt"
+    return encoder_file.encoder_file(StudyPaths(output_dir).pretrain(method), epoch)
 
 
-def load_encoder(output_dir: str | os.PathLike, method: str, arch: str, epoch: int | str | None = None) -> EncoderInit:
-    """Our exported encoder of ``method`` at ``epoch`` (``None``/``"last"``: the latest)."""
+def load_exported(output_dir: str | os.PathLike, method: str, arch: str, epoch: int | str | None = None) -> EncoderInit:
+    """Our exported encoder of ``method`` at ``epoch`` (``None``/``"last"``: the latest), read by
+    :func:`ssl_lib.pretrain.encoder_file.load_encoder`."""
     epochs = list_encoder_epochs(output_dir, method)
     if not epochs:
         raise InitError(f"{encoder_dir(output_dir, method)}: no exported encoders of {method!r}; run its pre-training first")
@@ -98,20 +97,11 @@ def load_encoder(output_dir: str | os.PathLike, method: str, arch: str, epoch: i
     if int(epoch) not in epochs:
         raise InitError(f"{encoder_dir(output_dir, method)}: no encoder for epoch {epoch} (have {epochs})")
     path = encoder_path(output_dir, method, int(epoch))
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    if card.get("arch", arch) != arch:
-        raise InitError(f"{card_path}: encoder is a {card['arch']}, fine-tuning asks for {arch}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    _check_fits(state, arch, path)
-    return EncoderInit(method, state, int(epoch), str(path), card)
-
-
-def _check_fits(state: Mapping[str, torch.Tensor], arch: str, path) -> None:
     try:
-        load_encoder_weights(build_backbone(arch), state)
-    except (ValueError, RuntimeError) as err:
-        raise InitError(f"{path}: {err}") from None
+        net, card = encoder_file.load_encoder(path, arch)
+    except encoder_file.EncoderFileError as err:
+        raise InitError(str(err)) from None
+    return EncoderInit(method, encoder_state_dict(net), int(epoch), str(path), card)
 
 
 # --------------------------------------------------------------------------- released weights
@@ -218,7 +208,7 @@ def load_init(init: str | os.PathLike, output_dir_or_path: str | os.PathLike | N
     source = Path(output_dir_or_path)
     if source.is_file():
         return load_released(source, arch, fmt or (init_s if init_s in RELEASED_FORMATS else None), trusted)
-    return load_encoder(source, init_s, arch, epoch)
+    return load_exported(source, init_s, arch, epoch)
 
 
 def apply_init(model: nn.Module, init: EncoderInit) -> nn.Module:

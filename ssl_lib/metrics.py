@@ -24,11 +24,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+from .errors import SslCtError
+
 #: Which F1 the authors' code computes, per kind of ``f1_seed`` variant.
 SEED_F1_VARIANTS = ("negative_class", "micro", "same")
 
 
-class MetricError(ValueError):
+class MetricError(SslCtError, ValueError):
     """Labels/probabilities do not fit together (shapes, classes)."""
 
 

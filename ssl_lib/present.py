@@ -59,9 +59,9 @@ def synthetic_notice(output_dir: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- verdicts
 def _init_label(init: str) -> str:
-    from .report import INIT_LABELS
+    from .pretrain.registry import init_label
 
-    return INIT_LABELS.get(init, init).replace("- (random)", "random")
+    return init_label(init)
 
 
 def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 0.3):

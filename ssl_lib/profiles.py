@@ -252,12 +252,8 @@ def _override(part: Any, what: str, overrides: Mapping[str, Any] | None):
 # ==============================================================================================
 def pretrain_profiles() -> dict[str, Mapping[str, Any]]:
     """``{method: {profile: PretrainConfig}}`` of every registered method, in registry order."""
-    try:
-        from .pretrain.registry import methods
-    except ImportError:  # before the registry: the pre-training package's own table
-        from .pretrain import METHODS, PROFILES
+    from .pretrain.registry import methods
 
-        return {m: {p: PROFILES[p][m] for p in PROFILES if m in PROFILES[p]} for m in METHODS}
     return {spec.name: dict(spec.profiles) for spec in methods()}
 
 

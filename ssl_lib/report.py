@@ -1,7 +1,8 @@
 """Results tables and figures (Wolf et al. 2023, Tables 2-3, Figure 5) from the results tables.
 
 Everything here reads the tables fine-tuning wrote (``finetune/results.csv``, curves,
-predictions) and never in-memory state of another step. The paper's own published numbers are
+predictions) through the results layer :mod:`ssl_lib.runs`, never the trainer or in-memory state
+of another step. The paper's own published numbers are
 kept as reference data (:data:`PAPER_TABLE2`, :data:`PAPER_TABLE3`), clearly labelled, so the
 book can show them beside ours.
 """
@@ -16,13 +17,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .finetune import read_results
+from . import runs
 from .metrics import metric_definitions  # noqa: F401  (re-exported for the book)
 from .reduction import STOP_F1
+from .pretrain.registry import init_label, init_order
+from .runs import load_curves  # noqa: F401  (re-exported for the notebooks)
 from .tasks import TASKS, order_tasks
 
-INIT_ORDER = ["random", "byol", "swav", "mocov2", "spark"]
-INIT_LABELS = {"random": "- (random)", "byol": "BYOL", "swav": "SwAV", "mocov2": "MoCoV2", "spark": "SparK"}
+#: Initialisations in display order and their labels, from the method registry.
+INIT_ORDER = list(init_order())
+INIT_LABELS = {i: init_label(i) for i in INIT_ORDER}
 TASK_LABELS = {k: v.paper_name for k, v in TASKS.items()}
 
 # ----------------------------------------------------------------------------- the paper's numbers
@@ -44,6 +48,8 @@ PAPER_TABLE2 = pd.DataFrame(
     ],
     columns=["task", "init", "auc_mean", "auc_std", "f1_mean", "f1_std"],
 )
+#: The inits of the paper's tables, in display order.
+PAPER_INITS = [i for i in INIT_ORDER if i in set(PAPER_TABLE2["init"])]
 #: The paper's Table 3 (training set size per reduction step) - THE PAPER'S PUBLISHED NUMBERS.
 #: OrgMNIST 25 % is printed as 2488 in the paper (25 % of 13,952 is 3,488: likely a typo).
 PAPER_TABLE3 = pd.DataFrame(
@@ -70,22 +76,19 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- reading
 def load_results(output_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
-    """The results table; with several rows for one run key, the last one counts."""
+    """The results table; with several rows for one run key, the last one counts (:func:`ssl_lib.runs.load_results`)."""
     from .tasks import use_study_tasks
 
     use_study_tasks(output_dir)  # the study's user tasks become known here
-    res = read_results(output_dir, profile)
-    if res.empty:
-        return res
-    return res.drop_duplicates(["task", "init", "fraction", "seed", "fold", "profile"], keep="last").reset_index(drop=True)
+    return runs.load_results(output_dir, profile)
 
 
 def is_synthetic(output_dir_or_results: str | os.PathLike | pd.DataFrame) -> bool:
-    """True if any result row came from a synthetic store (or the output folder has synthetic data)."""
+    """True if any result row came from a synthetic store (the row's ``synthetic`` column: its store's meta)."""
     if isinstance(output_dir_or_results, pd.DataFrame):
         res = output_dir_or_results
         return bool("synthetic" in res and res["synthetic"].astype(str).str.lower().eq("true").any())
-    res = read_results(output_dir_or_results)
+    res = runs.read_results(output_dir_or_results)
     return is_synthetic(res) if len(res) else False
 
 
@@ -127,7 +130,7 @@ def table2(results: pd.DataFrame, *, fraction: float = 1.0, metrics: Sequence[st
 def paper_table2() -> pd.DataFrame:
     """The paper's published Table 2 in the same shape as :func:`table2` (AUC, F1)."""
     cols = pd.MultiIndex.from_product([[TASK_LABELS[t] for t in TASKS], ["auc", "f1"]], names=["task", "metric"])
-    table = pd.DataFrame(index=pd.Index([INIT_LABELS[i] for i in INIT_ORDER], name="init"), columns=cols, dtype=object)
+    table = pd.DataFrame(index=pd.Index([INIT_LABELS[i] for i in PAPER_INITS], name="init"), columns=cols, dtype=object)
     for r in PAPER_TABLE2.itertuples(index=False):
         table.loc[INIT_LABELS[r.init], (TASK_LABELS[r.task], "auc")] = _fmt(r.auc_mean, r.auc_std)
         table.loc[INIT_LABELS[r.init], (TASK_LABELS[r.task], "f1")] = _fmt(r.f1_mean, r.f1_std)
@@ -145,7 +148,7 @@ def table2_vs_paper(results: pd.DataFrame, *, fraction: float = 1.0) -> pd.DataF
                          "ours": _fmt(ours["mean"].iloc[0], ours["std"].iloc[0]) if len(ours) else "not run",
                          "paper (published)": _fmt(getattr(r, f"{metric}_mean"), getattr(r, f"{metric}_std"))})
     table = pd.DataFrame(rows).pivot(index=["task", "init"], columns="metric", values=["ours", "paper (published)"])
-    order = [(TASK_LABELS[t], INIT_LABELS[i]) for t in TASKS for i in INIT_ORDER]
+    order = [(TASK_LABELS[t], INIT_LABELS[i]) for t in TASKS for i in PAPER_INITS]
     return table.reindex(order)
 
 
@@ -259,15 +262,6 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
 
 
 # ----------------------------------------------------------------------------- one run
-def load_curves(output_dir: str | os.PathLike, task: str, init: str | None = None) -> pd.DataFrame:
-    """All per-epoch curves of ``task`` (optionally one init) in one table."""
-    from .paths import StudyPaths
-
-    root = StudyPaths(output_dir).finetune / "curves" / task
-    files = sorted((root / init).glob("*.csv") if init else root.glob("*/*.csv"))
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-
-
 def plot_curves(curves: pd.DataFrame, metric: str = "val_accuracy"):
     """Training loss and a validation metric per epoch, one line per run (init, fraction, seed)."""
     import matplotlib.pyplot as plt

@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .finetune import read_results, run_file
+from .runs import load_predictions  # noqa: F401  (re-exported for the notebooks)
+from .runs import prediction_probs as _probs
+from .runs import read_results, run_file
 
 METRICS = ("auc", "f1", "accuracy")
 
@@ -93,21 +95,6 @@ def weighted_metric(metric: str, W: np.ndarray, labels: np.ndarray, probs: np.nd
         per = np.stack([_weighted_binary_auc(W, pn[:, k], y == k) for k in range(c) if (y == k).any()])
         return np.nanmean(per, axis=0) if per.size else np.full(W.shape[0], np.nan)
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
-
-
-# --------------------------------------------------------------------------- predictions
-def load_predictions(output_dir: str | os.PathLike, task: str, init: str, fraction: float, seed: int,
-                     fold: int = -1) -> pd.DataFrame:
-    """A run's test predictions: ``index``, ``label``, ``pred``, ``prob_0..prob_{C-1}``."""
-    path = run_file(output_dir, "predictions", task, init, fraction, seed, fold)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions for this run (fine-tune it first)")
-    return pd.read_csv(path)
-
-
-def _probs(frame: pd.DataFrame) -> np.ndarray:
-    cols = sorted((c for c in frame.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))
-    return frame[cols].to_numpy(dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- tests

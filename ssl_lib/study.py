@@ -1008,6 +1008,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the step names only where they are shown (a step's own process needs none of the registry)
     step_names = [s.name for s in _steps()] if argv[:1] == ["study"] else []
+    method_choices = None  # the registry (it imports torch) only for the pretrain command
+    if argv[:1] == ["pretrain"]:
+        from .pretrain.registry import method_names
+
+        method_choices = list(method_names())
     parser = argparse.ArgumentParser(prog="python -m ssl_lib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{study,book,pretrain}")
     p_study = sub.add_parser("study", help="run the study's notebooks and build the book")
@@ -1039,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
     p_book.add_argument("--output", required=True)
     p_pre = sub.add_parser("pretrain", help="one pre-training run outside a notebook (for srun/torchrun on clusters)")
-    p_pre.add_argument("method", choices=["byol", "swav", "mocov2", "spark"])
+    p_pre.add_argument("method", choices=method_choices)
     p_pre.add_argument("--output", required=True, help="study output folder (reads stores/lidc, writes pretrain/<method>)")
     p_pre.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
     p_pre.add_argument("--store", default=None, help="slice store (default <output>/stores/lidc)")

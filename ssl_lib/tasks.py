@@ -35,7 +35,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .atomic import atomic_write
 from .data.store import SliceStore, StoreError
+from .paths import StudyPaths
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,14 @@ def _parse_entry(entry, n: int) -> TaskSpec:
                     seed_f1="same", paper_name="", reader=reader, fractions=fractions, source=source, options=options)
 
 
+def task_store_path(output_dir: str | os.PathLike, task: str | TaskSpec) -> Path:
+    """The folder of ``task``'s slice store in a study: ``StudyPaths(output_dir).store(spec.store)``.
+
+    The one place that maps a task to its store: fine-tuning and Grad-CAM both open it through here.
+    """
+    return StudyPaths(output_dir).store(get_task(task).store)
+
+
 def is_user_task(task: str | TaskSpec) -> bool:
     return get_task(task).name not in TASKS
 
@@ -206,11 +216,7 @@ def save_study_tasks(output_dir: str | os.PathLike, specs: Sequence[TaskSpec]) -
     rows = [{"name": s.name, "kind": s.kind, "class_names": list(s.class_names), "positive_class": s.positive_class,
              "split": s.split, "reader": s.reader, "fractions": list(s.fractions), "paper": s.name in TASKS}
             for s in specs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(rows, indent=2))
 
 
 def use_study_tasks(output_dir: str | os.PathLike) -> list[str]:

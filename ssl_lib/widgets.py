@@ -1,7 +1,7 @@
 """Interactive browsers (ipywidgets) in batch runs: pre-rendered frames in their place.
 
 The notebooks' browsers (:func:`ssl_lib.data.views.slice_browser`,
-:func:`ssl_lib.pretrain.view_browser`, :func:`ssl_lib.explain.heatmap_browser`,
+:func:`ssl_lib.pretrain.view_browser`, :func:`ssl_lib.explain_figures.heatmap_browser`,
 :func:`ssl_lib.present.reduction_browser`) are live widgets in JupyterLab. When the study runner
 executes the notebooks (papermill) it sets ``SSL_CT_BATCH=1`` in the kernels' environment, and
 the browsers return a :func:`ssl_lib.viewer.frame_viewer` instead: plain HTML that works in the

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ssl_lib import explain  # noqa: E402
+from ssl_lib import explain, explain_figures  # noqa: E402
 from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
 from ssl_lib.models.classifier import Classifier, save_classifier  # noqa: E402
 from ssl_lib.paths import StudyPaths  # noqa: E402
@@ -224,17 +224,17 @@ def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     assert len(res.correlation) == 10  # 5 inits -> 10 pairs
     assert set(res.localisation.method) == set(explain.INITS) | set(explain.BASELINES)
     assert (res.localisation.n <= 4).all()  # the 4 positive test images with a lesion
-    figs = [explain.plot_examples(res.heat, 2), explain.plot_correlation(res.correlation),
-            explain.plot_localisation(res.localisation), explain.plot_localisation(res.localisation.iloc[:0])]
+    figs = [explain_figures.plot_examples(res.heat, 2), explain_figures.plot_correlation(res.correlation),
+            explain_figures.plot_localisation(res.localisation), explain_figures.plot_localisation(res.localisation.iloc[:0])]
     for fig in figs:
         assert isinstance(fig, Figure)
     assert len(figs[0].axes) == 4 * 6  # 2 positive + 2 negative rows, input + 5 methods
     plt.close("all")
-    box = explain.heatmap_browser(res.heat)
+    box = explain_figures.heatmap_browser(res.heat)
     assert box.children and len(box.children[0].children) == 3
     plt.close("all")
     monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: pre-rendered frames for the book
-    page = explain.heatmap_browser(res.heat, max_images=3).data
+    page = explain_figures.heatmap_browser(res.heat, max_images=3).data
     assert "sslct-viewer" in page and page.count("<img data-key=") == 3 * len(res.heat.inits)
     assert page.count("<select") == 1 and page.count('type="range"') == 1  # method menu, image slider
 

@@ -186,18 +186,18 @@ def test_frozen_features_are_cached_per_backbone_and_equal_fresh_ones(study, mon
     data = ft.load_task_data(study, "covid", 32)
     prof = ft.get_profile(PROFILE, linear_epochs=2, full_epochs=1)
     split = ft.task_splits(data.store, "covid")
-    ft._FEATURE_CACHE.clear()
+    cache = ft.FeatureCache()
     torch.manual_seed(0)
     model = Classifier("resnet18", 2)
     calls = []
     real = ft._features
     monkeypatch.setattr(ft, "_features", lambda bb, images, *a, **k: calls.append(len(images)) or real(bb, images, *a, **k))
     half = split.train[: len(split.train) // 2]
-    first = ft.frozen_features(model.backbone, data, prof, half, split.val)
-    full = ft.frozen_features(model.backbone, data, prof, split.train, split.val)
+    first = ft.frozen_features(model.backbone, data, prof, half, split.val, cache=cache)
+    full = ft.frozen_features(model.backbone, data, prof, split.train, split.val, cache=cache)
     # plain rows of train+val once, then only the missing train rows; mirrors as needed
     assert calls == [len(half) + len(split.val), len(half), len(split.train) - len(half), len(split.train) - len(half)]
-    again = ft.frozen_features(model.backbone, data, prof, split.train, split.val)
+    again = ft.frozen_features(model.backbone, data, prof, split.train, split.val, cache=cache)
     assert len(calls) == 4  # all cached
     t = torch.from_numpy
     fresh = real(model.backbone, data.images[t(split.train)], data.mean, data.std, 64, torch.device("cpu"), False)
@@ -206,7 +206,8 @@ def test_frozen_features_are_cached_per_backbone_and_equal_fresh_ones(study, mon
     assert torch.allclose(again.train, fresh, atol=1e-5) and torch.allclose(again.train_flipped, flipped, atol=1e-5)
     assert torch.allclose(first.train, full.train[: len(half)]) and torch.equal(first.val, full.val)
     other = Classifier("resnet18", 2)  # other weights: other features, not the cached ones
-    assert not torch.allclose(ft.frozen_features(other.backbone, data, prof, split.train, split.val).train, full.train)
+    assert not torch.allclose(ft.frozen_features(other.backbone, data, prof, split.train, split.val, cache=cache).train,
+                              full.train)
     with pytest.raises(ValueError, match="do not match"):
         ft.fit(model, data.images[t(split.train)], data.labels[t(split.train)], data.images[t(split.val)],
                data.labels[t(split.val)], prof, mean=data.mean, std=data.std, frozen=first)
@@ -214,10 +215,10 @@ def test_frozen_features_are_cached_per_backbone_and_equal_fresh_ones(study, mon
 
 def test_cached_features_give_the_same_run(study):
     prof = ft.get_profile(PROFILE, linear_epochs=3, full_epochs=1)
-    ft._FEATURE_CACHE.clear()
-    cold = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False)
-    warm = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False)
-    assert len(ft._FEATURE_CACHE) == 1
+    cache = ft.FeatureCache()
+    cold = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False, features=cache)
+    warm = ft.finetune_run(study, "covid", "spark", fraction=0.5, profile=prof, save=False, features=cache)
+    assert len(cache) == 1
     np.testing.assert_allclose(cold["_probs"], warm["_probs"], atol=1e-5)
     assert cold["best_epoch"] == warm["best_epoch"]
 

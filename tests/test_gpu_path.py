@@ -13,7 +13,7 @@ from ssl_lib.data.store import SliceRecord, write_store
 from ssl_lib.models.classifier import Classifier
 from ssl_lib.precision import autocast, resolve_channels_last, resolve_precision
 from ssl_lib.pretrain import METHODS, PROFILES, build_module, get_config, method_class, pretrain
-from ssl_lib.pretrain.common import MetricsLog, StoreDataModule, resolve_device_options
+from ssl_lib.pretrain.run import MetricsLog, StoreDataModule, resolve_device_options
 
 
 @pytest.fixture(scope="module")

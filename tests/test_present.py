@@ -57,7 +57,7 @@ def test_verdict_grid_colours_direction_and_holding():
     assert codes[1, 0] == 0 and codes[1, 1] == 2  # random vs spark: B better at 100 % (diff<0), A at 50 %
     assert codes[0, 0] == 1 and codes[2, 2] == 0  # grey: 0.1 does not hold; Brain 100 %: SparK better
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["random vs BYOL", "random vs SparK", "BYOL vs SparK"]
+    assert labels == ["Random vs BYOL", "Random vs SparK", "BYOL vs SparK"]
     assert present.legibility_problems(fig) == []
     # a pair stated the other way round is the same row, its difference turned
     turned = comp.copy()

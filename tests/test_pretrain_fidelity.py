@@ -14,7 +14,7 @@ import torch
 
 from ssl_lib.augment import RandomResizedCrop
 from ssl_lib.pretrain import PROFILES, param_table
-from ssl_lib.pretrain.common import build_module
+from ssl_lib.pretrain import build_module
 from ssl_lib.pretrain.spark import SparKSchedule, cosine_between, spark_lr_factor
 
 

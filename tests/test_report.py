@@ -32,7 +32,7 @@ def fake_results(synthetic=True):
 def test_table2_shapes_and_paper_reference():
     res = fake_results()
     t2 = report.table2(res)
-    assert t2.shape == (5, 9) and list(t2.index)[0] == "- (random)" and list(t2.index)[-1] == "SparK"
+    assert t2.shape == (5, 9) and list(t2.index)[0] == "Random" and list(t2.index)[-1] == "SparK"
     assert all(" ± " in v for v in t2.to_numpy().ravel())
     paper = report.paper_table2()
     assert paper.shape == (5, 6)
@@ -93,7 +93,7 @@ def test_stats_table_view_and_claims():
     assert t.loc[0, "A (mean ± SD)"] == "0.600 ± 0.020" and t.loc[1, "p (paired t, Holm)"] == "0.5"
     assert len(report.stats_table(comp, only_holding=True)) == 1
     said = report.claims(comp)  # only the comparison that holds becomes a sentence
-    assert len(said) == 1 and "SparK beats - (random) in AUC by 0.100" in said[0] and "[0.010, 0.200]" in said[0]
+    assert len(said) == 1 and "SparK beats Random in AUC by 0.100" in said[0] and "[0.010, 0.200]" in said[0]
 
 
 def test_headline_is_paired_by_run_with_spread():

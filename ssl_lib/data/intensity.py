@@ -43,6 +43,17 @@ def window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
     return interval_map(hu, centre - width / 2.0, centre + width / 2.0)
 
 
+_window = window  # hu_to_uint8's argument ``window`` hides the function
+
+
+def hu_to_uint8(hu: np.ndarray, *, window: tuple[float, float] | None = None,
+                hu_range: tuple[float, float] = PAPER_HU_RANGE) -> np.ndarray:
+    """HU -> uint8: radiological ``window=(centre, width)``, or interval mapping of ``hu_range``."""
+    if window is not None:
+        return _window(hu, float(window[0]), float(window[1]))
+    return interval_map(hu, float(hu_range[0]), float(hu_range[1]))
+
+
 def to_grey(pixels: np.ndarray) -> np.ndarray:
     """Any decoded image (``(H, W)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8/uint16) -> ``uint8 (H, W)``.
 
@@ -64,3 +75,4 @@ def to_grey(pixels: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
         arr = arr.astype(np.float32) * (255.0 / 65535.0)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+

@@ -33,13 +33,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..errors import SslCtError
+
 SPLITS = ("train", "val", "test")
 #: Default patient-level split fractions (train, val, test) when a source gives none.
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 MANIFEST_COLUMNS = ["index", "patient", "label", "split", "source"]
 
 
-class StoreError(ValueError):
+class StoreError(SslCtError, ValueError):
     """A source or store is unusable; the message names the file and what is wrong."""
 
 
@@ -426,6 +428,11 @@ class SliceStore:
     @property
     def class_names(self) -> list[str]:
         return list(self.meta["class_names"])
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the store was built from the built-in synthetic data: its meta's ``synthetic`` flag, nothing else."""
+        return self.meta.get("synthetic") is True
 
     @property
     def num_classes(self) -> int:

@@ -39,6 +39,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ..errors import SslCtError
 from ..profiles import SYNTHETIC_NAMES, SyntheticProfile, synthetic_profile
 from .intensity import window
 from .phantom import (LZ, ORGAN_CLASSES, ORGAN_LEVEL, add_ggo, body_slice_hu, chest_slice_hu, finish, grid,
@@ -59,7 +60,7 @@ ORGAN_WINDOW = (40.0, 400.0)
 COVID_SPLIT = (425, 118, 203)
 
 
-class SyntheticError(ValueError):
+class SyntheticError(SslCtError, ValueError):
     """Bad arguments or a target folder that is not ours to overwrite."""
 
 

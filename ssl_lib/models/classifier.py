@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from .backbone import build_backbone, num_features
 
 
@@ -37,11 +38,9 @@ class Classifier(nn.Module):
 def save_classifier(model: Classifier, path: str | os.PathLike, **info: Any) -> Path:
     """Write ``{arch, num_classes, state_dict, **info}`` atomically (``info``: mean, std, task, ...)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"arch": model.arch, "num_classes": model.num_classes, "state_dict": state, **info}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"arch": model.arch, "num_classes": model.num_classes, "state_dict": state, **info}, tmp)
     return path
 
 

@@ -20,26 +20,43 @@ Shapes: views (B, 1, crop, crop) -> q, k (B, proj_dim) L2-normalised; queue (K, 
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
-from lightly.models.utils import (batch_shuffle_distributed, batch_unshuffle_distributed, concat_all_gather,
-                                  deactivate_requires_grad, update_momentum)
+from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed, concat_all_gather
 from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
-from .common import MoCoConfig, PretrainError, PretrainModule
+from .base import MethodSpec, MomentumModule, PretrainConfig, PretrainError, scaled_sigma
+
+
+@dataclass(frozen=True)
+class MoCoConfig(PretrainConfig):
+    """MoCo v2 (Chen et al. 2020), paper Table 4: 2 crops 224, flip, blur; SGD lr 1e-4, momentum 0.9, batch 64.
+
+    MLP head 2048-2048-128, queue of 65,536 keys, temperature 0.2, key-encoder momentum 0.999,
+    weight decay 1e-4 (MoCo v2/Bolts defaults; the table lists none).
+    """
+
+    method: str = "mocov2"
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    queue_size: int = 65536
+    temperature: float = 0.2
+    encoder_momentum: float = 0.999
+    weight_decay: float = 1e-4
+    crop_scale: tuple[float, float] = (0.2, 1.0)
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class MoCoV2(PretrainModule):
+class MoCoV2(MomentumModule):
     """MoCo v2 on a torchvision ResNet; ``backbone`` (query encoder) is the exported encoder."""
 
     config_class = MoCoConfig
@@ -49,10 +66,7 @@ class MoCoV2(PretrainModule):
         cfg = self.cfg
         self.backbone = build_backbone(cfg.arch)
         self.projection_head = MoCoProjectionHead(num_features(cfg.arch), cfg.proj_hidden, cfg.proj_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.make_momentum_copies("backbone", "projection_head")
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.view_transforms = nn.ModuleList(
@@ -62,6 +76,9 @@ class MoCoV2(PretrainModule):
 
     def online_modules(self):
         return [self.backbone, self.projection_head]
+
+    def momentum_now(self) -> float:
+        return self.cfg.encoder_momentum
 
     def make_optimizer(self, param_groups):
         for g in param_groups:
@@ -103,8 +120,7 @@ class MoCoV2(PretrainModule):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     def step_loss(self, x, generator=None):
-        update_momentum(self.backbone, self.backbone_momentum, m=self.cfg.encoder_momentum)
-        update_momentum(self.projection_head, self.projection_head_momentum, m=self.cfg.encoder_momentum)
+        self.update_momentum_copies()
         vq, vk = (self.rgb(v) for v in self.views(x, generator))
         q = F.normalize(self.projection_head(self.backbone(vq)), dim=1)
         k = self.keys(vk)
@@ -115,3 +131,33 @@ class MoCoV2(PretrainModule):
         loss = F.cross_entropy(logits, labels)
         self.enqueue(k)
         return loss
+
+
+#: The paper profile is Supplementary Table 4 (lr 1e-4); ``quick`` (64 px, ResNet18, ~60 s on 2 CPU cores for
+#: ~400 slices) and ``smoke`` (tests) raise the learning rate and shrink the queue to fit their stores.
+PROFILES = {
+    "paper": MoCoConfig(lr=1e-4),
+    "quick": MoCoConfig(arch="resnet18", store_size=64, epochs=8, batch_size=32, every_n_epochs=4,
+                        lr=0.06, crop_size=64, blur_sigma=scaled_sigma(64), proj_hidden=512,
+                        queue_size=128, encoder_momentum=0.99),
+    "smoke": MoCoConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
+                        lr=0.03, crop_size=32, blur_sigma=scaled_sigma(32), proj_hidden=256,
+                        proj_dim=64, queue_size=16, encoder_momentum=0.99),
+}
+
+SUMMARY = (
+    "**MoCo v2** (Chen et al. 2020) contrasts a *query* view of each slice with a *key* view made by a momentum "
+    "copy of the encoder, against a large queue of keys of earlier batches as negatives (InfoNCE). The paper "
+    "(Supplementary Table 4) uses two 224 px crops with horizontal flip and Gaussian blur, SGD with lr 1e-4, "
+    "momentum 0.9 and batch 64; the queue holds 65,536 keys."
+)
+
+SPEC = MethodSpec(
+    name="mocov2", label="MoCoV2", config_class=MoCoConfig, module_class=MoCoV2, profiles=PROFILES,
+    summary=SUMMARY,
+    paper={"params_m": 47.6, "gpu_memory_gb": 18.7, "hours": 10 * 24 + 7, "table": "Supplementary Table 4",
+           "params_note": "The paper's Table 1 lists 47.6 M for MoCo v2: both encoders counted with Bolts' default "
+                          "linear 128-d head (2 x 23.8 M). Ours uses the MoCo v2 MLP head, so each of query and key "
+                          "network has 28.0 M; only the query network is trained by gradients."},
+    step_cost=1.7,
+)

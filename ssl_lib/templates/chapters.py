@@ -151,7 +151,7 @@ executor_options = None        # slurm: e.g. {"partition": "gpu", "gpus_per_job"
 """, '48489f8d'),
         ('code', """
 import pandas as pd
-from ssl_lib import cluster, finetune as ft, report, stats
+from ssl_lib import cluster, finetune as ft, report, runs
 from ssl_lib.tasks import fold_of, use_study_tasks
 
 prof = ft.get_profile(profile)
@@ -189,12 +189,12 @@ Grey: the epochs in which only the linear layer trains (the backbone, BatchNorm 
 included, is frozen).
 """, '5843c144'),
         ('code', """
-curves = report.load_curves(output_dir, task, name)
+curves = runs.load_curves(output_dir, task, name)
 report.plot_curves(curves[curves["fraction"] == fraction]);
 """, 'c9bef6be'),
         ('md', '## Test confusion matrix (first seed)', 'bc435e76'),
         ('code', """
-pred = stats.load_predictions(output_dir, task, name, fraction, seeds[0], fold_of(task, seeds[0]))
+pred = runs.load_predictions(output_dir, task, name, fraction, seeds[0], fold_of(task, seeds[0]))
 report.plot_confusion(pred, data.spec.class_names);
 """, 'ccdda5f1'),
     ]
@@ -293,7 +293,7 @@ n_examples = 2  # example images per class in the Figure 4 layout
         ('code', """
 from IPython.display import display
 
-from ssl_lib import explain
+from ssl_lib import explain, explain_figures
 """),
         ('md', """
 ## Heat maps of every method on the same test images
@@ -309,7 +309,7 @@ display(result.heat.summary().round(3))
 
 Rows: example test images (the finding first, then negatives); columns: the input (lesion outline in white where a mask exists) and the Grad-CAM overlay of each method, with the probability the model gives the explained class.
 """),
-        ('code', 'fig = explain.plot_examples(result.heat, n_examples)'),
+        ('code', 'fig = explain_figures.plot_examples(result.heat, n_examples)'),
         ('md', """
 ## Do the methods look at the same places?
 
@@ -317,7 +317,7 @@ Pearson correlation between the heat maps of two methods on the same image, aver
 """),
         ('code', """
 display(result.correlation.round(3))
-fig = explain.plot_correlation(result.correlation)
+fig = explain_figures.plot_correlation(result.correlation)
 """),
         ('md', """
 Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no
@@ -334,7 +334,7 @@ On positive test images with a non-empty lesion mask: the **energy share** (the 
 """),
         ('code', """
 display(result.localisation.round(3)) if len(result.localisation) else print("no lesion masks in this store: nothing to localise")
-fig = explain.plot_localisation(result.localisation)
+fig = explain_figures.plot_localisation(result.localisation)
 """),
         ('md', """
 ## Browse the heat maps
@@ -343,7 +343,7 @@ Pick an image with the slider and a method from the menu. In JupyterLab the brow
 """),
         ('code', """
 try:
-    browser = explain.heatmap_browser(result.heat)
+    browser = explain_figures.heatmap_browser(result.heat)
 except ImportError as err:  # no ipywidgets: the figures above still stand
     browser = None
     print(f"interactive browser unavailable ({err})")

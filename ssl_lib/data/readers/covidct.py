@@ -43,7 +43,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-from ssl_lib.data.readers import (IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask,
+from ssl_lib.data.readers.base import (IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask,
                                   parse_png16)
 from ssl_lib.data.store import SPLITS, SliceRecord, StoreError
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ssl_lib.data.intensity import PAPER_HU_RANGE, interval_map, to_hu, window as apply_window
-from ssl_lib.data.readers import BadSource
+from ssl_lib.data.intensity import PAPER_HU_RANGE, hu_to_uint8, to_hu
+from ssl_lib.data.readers.base import BadSource
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """True when the file carries the DICOM Part 10 ``DICM`` marker at byte 128."""
@@ -302,14 +302,6 @@ def decode_frame_uint8(path: str | os.PathLike, frame: Frame, window: tuple[floa
     if not 0 <= k < stored.shape[0]:
         raise BadSource(path, f"frame {k + 1} missing: the pixel data holds {stored.shape[0]} frame(s)")
     return stored_to_uint8(stored[k], frame.slope, frame.intercept, window=window, hu_range=hu_range)
-
-
-def hu_to_uint8(hu: np.ndarray, *, window: tuple[float, float] | None = None,
-                hu_range: tuple[float, float] = PAPER_HU_RANGE) -> np.ndarray:
-    """HU -> uint8: radiological ``window=(centre, width)``, or interval mapping of ``hu_range``."""
-    if window is not None:
-        return apply_window(hu, float(window[0]), float(window[1]))
-    return interval_map(hu, float(hu_range[0]), float(hu_range[1]))
 
 
 def _checked_ct(path, require_ct: bool):

@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from ssl_lib.data.intensity import BRAIN_WINDOW, PAPER_HU_RANGE
-from ssl_lib.data.readers import (IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask,
+from ssl_lib.data.readers.base import (IMAGE_SUFFIXES, BadSource, SourceReader, load_grey_image, load_mask,
                                   parse_png16)
 from ssl_lib.data.readers.dicom import patient_id, read_ct_slices
 from ssl_lib.data.store import SPLITS, SliceRecord, StoreError

@@ -43,7 +43,7 @@ from typing import Iterator
 import numpy as np
 
 from ssl_lib.data.intensity import PAPER_HU_RANGE
-from ssl_lib.data.readers import BadSource, SourceReader
+from ssl_lib.data.readers.base import BadSource, SourceReader
 from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
                                         read_dicom, sort_frames)
 from ssl_lib.data.store import SliceRecord, StoreError, grey_sums, resize_slice

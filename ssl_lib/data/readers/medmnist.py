@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from ssl_lib.data.intensity import to_grey
-from ssl_lib.data.readers import SourceReader
+from ssl_lib.data.readers.base import SourceReader
 from ssl_lib.data.store import SPLITS, SliceRecord, StoreError
 
 #: Class names of OrganSMNIST (MedMNIST v2 ``INFO["organsmnist"]["label"]``, in label order).
