@@ -59,6 +59,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import procs
 from .kernel import jupyter_env
@@ -106,18 +107,26 @@ class Step:
         return f"notebooks/{Path(self.notebook).name}"
 
 
-def study_steps() -> tuple[Step, ...]:
+def study_steps(methods: Sequence[str] | None = None) -> tuple[Step, ...]:
     """The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
 
     One pre-training step per registered method (:func:`ssl_lib.templates.method_specs`, the
     registry's order; ``cost`` is the method's ``step_cost``, the quick profile's minutes on 2
-    cores); a method without a committed template runs the one :mod:`ssl_lib.templates` generates.
+    cores), or only for ``methods`` (the runner's ``--methods``; fine-tuning then waits for those
+    only); a method without a committed template runs the one :mod:`ssl_lib.templates` generates.
     """
     from .templates import pretrain_file
     from .templates.pretrain import method_specs
 
+    specs = method_specs()
+    names = [spec.name for spec in specs]
+    unknown = [m for m in methods or () if m not in names]
+    if unknown:
+        raise StudyError("; ".join(f"unknown method {m!r}{_did_you_mean(m, names)}" for m in unknown)
+                         + f"; the registered methods are {names}")
     pretrain = tuple(Step(f"pretrain_{spec.name}", pretrain_file(i, spec.name), ("preprocess",), spec.step_cost,
-                          (f"pretrain/{spec.name}",), 0.5, method=spec.name) for i, spec in enumerate(method_specs()))
+                          (f"pretrain/{spec.name}",), 0.5, method=spec.name) for i, spec in enumerate(specs)
+                     if methods is None or spec.name in methods)
     return (
         Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
         *pretrain,
@@ -1019,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
     p_study.add_argument("--profile", default="quick", choices=sorted(PROFILE_NEEDS))
     p_study.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
     p_study.add_argument("--steps", nargs="*", default=None, help=f"run only these steps: {step_names}")
+    p_study.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                         help="pre-train (and compare with random) only these registered methods (default: all)")
     p_study.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="notebook parameter passed to every step that declares it (e.g. devices=4, lidc_root=/data/LIDC-IDRI)")
     p_study.add_argument("--jobs", type=int, default=None,
@@ -1064,6 +1075,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "_notebook":
             return execute_notebook(args.template, args.out, args.error_file, json.loads(args.params), args.log_output)
         if args.command == "study":
+            if args.methods is not None:  # this process runs one study: its steps are those of the chosen methods
+                globals()["STEPS"] = study_steps(args.methods)
             # a folder given on the command line is relative to the working folder; the default
             # (and any relative folder a notebook names) to the repository root
             out = Path(args.output).resolve() if args.output else f"outputs/{args.profile}"

@@ -36,6 +36,17 @@ def test_the_runner_has_a_step_and_a_generated_template_for_a_registered_method(
     assert list(steps).index("pretrain_toy") < list(steps).index("finetune")
 
 
+def test_methods_restrict_the_pre_training_steps():
+    from ssl_lib import study
+
+    steps = {s.name: s for s in study.study_steps(["spark", "byol"])}
+    assert [n for n in steps if n.startswith("pretrain_")] == ["pretrain_byol", "pretrain_spark"]  # registry order
+    assert steps["finetune"].after == ("pretrain_byol", "pretrain_spark")
+    assert steps["pretrain_spark"].notebook == "notebooks/05_pretrain_spark.ipynb"  # its place in the registry
+    with pytest.raises(study.StudyError, match=r"unknown method 'sprak' \(did you mean 'spark'\?\)"):
+        study.study_steps(["sprak"])
+
+
 @pytest.mark.slow
 def test_a_registered_toy_method_runs_through_the_whole_study(tmp_path):
     class _Step:
@@ -45,7 +56,7 @@ def test_a_registered_toy_method_runs_through_the_whole_study(tmp_path):
     names = ["preprocess", "pretrain_toy", "finetune", "reduction", "gradcam", "results"]
     notebooks = {name: nb for name, nb, _, _ in _steps_with_toy()}
     out = tmp_path / "toy"
-    run = run_cli(out, "--steps", *names, "--param", "init=toy", env=ENV)
+    run = run_cli(out, "--methods", "toy", "--param", "init=toy", env=ENV)
     results = check_study(out, run, [_Step(n, notebooks[n]) for n in names], ["random", "toy"])
     assert set(results["task"]) == {"covid", "organs", "brain"}
     assert (out / "pretrain" / "toy" / "encoders").is_dir()
@@ -54,6 +65,7 @@ def test_a_registered_toy_method_runs_through_the_whole_study(tmp_path):
     assert f"- file: notebooks/{notebooks['pretrain_toy'][len('notebooks/'):].removesuffix('.ipynb')}\n" in toc
     chapter = (html / "notebooks" / "06_pretrain_toy.html").read_text()
     assert "Pre-training with Toy" in chapter
+    assert "pretrain_byol" not in toc and "02_pretrain_byol" not in toc  # only the methods this study ran
     gradcam = (html / "notebooks" / "08_gradcam.html").read_text()
     assert "Toy" in gradcam  # the toy model's heat maps are in the Grad-CAM chapter
     assert "Toy" in (html / "notebooks" / "09_results.html").read_text()
