@@ -2,7 +2,8 @@
 #   make study   install (once), run the whole study on the built-in synthetic CT data, build the book
 #   make test    install (once), run the tests
 # and: make book (rebuild the book from an output folder), make lab (JupyterLab on the notebooks),
-#      make publish (run the study, push its book to the gh-pages branch)
+#      make publish (run the study, push its book to the gh-pages branch),
+#      make notebooks (regenerate the notebook templates and the book's table of contents)
 #
 # The environment is a virtualenv keyed by the hash of requirements.txt, kept outside the clone
 # ($(SSL_CT_HOME), default ~/.cache/ssl-ct): repeat runs and other clones reuse it as long as the
@@ -18,7 +19,7 @@ OUT ?= outputs/$(PROFILE)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: study book test install lab publish clean
+.PHONY: study book test install lab publish clean notebooks
 
 # ssl_lib is installed editable into the environment, so a kernel started anywhere (JupyterLab runs
 # notebooks in notebooks/) imports it; redone when the environment's ssl_lib is another clone's.
@@ -44,6 +45,11 @@ book: install
 
 test: install
 	"$(PY)" -m pytest -q tests $(PYTEST_ARGS)
+
+# The notebook templates (notebooks/*.ipynb) and the book's _toc.yml, generated from ssl_lib.templates:
+# edit the text there, then run this (a test checks that the committed files are what it writes).
+notebooks: install
+	"$(PY)" tools/make_notebooks.py
 
 # JupyterLab on the study: the notebooks run as they are (relative output_dir values are under the
 # repository root), on the study's kernel (ssl_lib/jupyter: no TCP warning in the terminal).

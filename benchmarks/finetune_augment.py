@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ssl_lib.finetune as ft  # noqa: E402
 from ssl_lib.finetune_augment import MonaiAugment  # noqa: E402
 from ssl_lib.models.classifier import Classifier  # noqa: E402
+from ssl_lib.profiles import PROFILE_NAMES  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -99,7 +100,7 @@ def whole_fit(profile: str, device: str, slices: int) -> pd.DataFrame:
 
 def main(argv=None) -> dict[str, pd.DataFrame]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="quick", choices=list(ft.PROFILES))
+    ap.add_argument("--profile", default="quick", choices=list(PROFILE_NAMES))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the profile's)")

@@ -10,7 +10,7 @@ This module does that and adds what the paper leaves out:
 
 - :func:`gradcam_maps`: Grad-CAM of one model at its last ResNet stage (``model.target_layer``
   = ``backbone.layer4[-1]``; the profiles may choose another stage and enlarge small images
-  first, see :data:`PROFILES`) for a batch of images; float32 ``(N, H, W)`` in ``[0, 1]`` at the
+  first, see :func:`ssl_lib.profiles.explain_profile`) for a batch of images; float32 ``(N, H, W)`` in ``[0, 1]`` at the
   input's size (``pytorch_grad_cam`` min-max scales each map; an all-zero map stays zero).
 - :func:`gradcam_for_inits`: the maps of every initialisation's fine-tuned model on the same
   test images, cached as ``StudyPaths.gradcam / f"{task}_f{fraction}_s{seed}.npz"``
@@ -48,6 +48,7 @@ from .heatmap_stats import (ExplainError, bootstrap_mean, centre_gaussian_maps, 
                             correlation_table, dilate_masks, energy_share, localisation_table, n_constant,
                             pearson_per_image, pointing_hits, uniform_random_maps)
 from .paths import StudyPaths
+from .profiles import PROFILE_NAMES, ExplainProfile, explain_profile
 from .pretrain.registry import init_label, init_order
 from .tasks import fold_of, task_splits, task_store_path, use_study_tasks
 
@@ -59,30 +60,6 @@ TARGET_MODES = ("auto", "positive", "true", "predicted")
 BASELINES = ("uniform-random", "centre-gaussian")
 
 
-@dataclass(frozen=True)
-class ExplainProfile:
-    """``max_images``: cap on test images explained (None = all); ``tolerance``: pointing-game
-    tolerance in pixels (Zhang et al. use 15 px at 224 px); ``n_boot``: bootstrap resamples;
-    ``input_size``: smaller images (and masks) are enlarged to this size before Grad-CAM (None:
-    as stored); ``stage``: the ResNet stage whose last block Grad-CAM reads."""
-
-    max_images: int | None
-    batch_size: int
-    n_boot: int
-    tolerance: int
-    input_size: int | None = None
-    stage: str = "layer4"
-
-
-#: The quick profile fine-tunes at 64 px, where the last stage (layer4, stride 32) is a 2 x 2
-#: grid: a map cannot point at anything. Its Grad-CAM enlarges the test images to 128 px and
-#: reads layer3 (stride 16), an 8 x 8 grid, about the 7 x 7 of the paper's layer4 at 224 px.
-PROFILES = {
-    "smoke": ExplainProfile(max_images=16, batch_size=8, n_boot=200, tolerance=2),
-    "quick": ExplainProfile(max_images=128, batch_size=32, n_boot=1000, tolerance=8, input_size=128,
-                            stage="layer3"),
-    "paper": ExplainProfile(max_images=None, batch_size=32, n_boot=2000, tolerance=15),
-}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -490,9 +467,9 @@ def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float =
     task = task or names[0]
     if fold < 0:  # a cross-validated task: the fold that run `seed` used
         fold = fold_of(task, seed)
-    if profile not in PROFILES:
-        raise ExplainError(f"unknown profile {profile!r}; choose one of {tuple(PROFILES)}")
-    prof = PROFILES[profile]
+    if profile not in PROFILE_NAMES:
+        raise ExplainError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+    prof = explain_profile(profile)
     heat = gradcam_for_inits(output_dir, task, fraction, seed, inits=inits, target=target, fold=fold,
                              max_images=prof.max_images, batch_size=prof.batch_size, input_size=prof.input_size,
                              stage=prof.stage, progress=progress)

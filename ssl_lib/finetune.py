@@ -69,108 +69,13 @@ from .metrics import accuracy, auc, compute_metrics
 from .metrics import f1 as f1_metric
 from .models.classifier import Classifier, save_classifier
 from .paths import StudyPaths
+from .profiles import FinetuneProfile
+from .profiles import finetune_profile as get_profile
 from .precision import autocast, resolve_channels_last, resolve_precision
-from .reduction import PAPER_FRACTIONS, reduce_indices, stop_reducing
+from .reduction import reduce_indices, stop_reducing
 from .runs import RESULT_COLUMNS, RUN_KEY, append_result, read_results, run_file, write_curves, write_predictions  # noqa: F401 (RESULT_COLUMNS: re-exported)
-from .tasks import (TASKS, USER_FRACTIONS, Split, TaskSpec, class_counts, fold_of, get_task, task_names,
+from .tasks import (Split, TaskSpec, class_counts, fold_of, get_task, task_names,
                     task_splits, task_store_path, use_study_tasks)
-
-
-@dataclass(frozen=True)
-class FinetuneProfile:
-    """Hyperparameters of one fine-tuning profile.
-
-    ``linear_epochs``: epochs with the backbone frozen (paper: 10); ``linear_lr``: the head's lr
-    in them (``None``: ``lr``, as the paper); ``full_epochs``: epochs of the whole model after
-    that, every parameter at ``lr``; ``backbone_lr_ratio``/``backbone_lr_growth``: the backbone's lr
-    after unfreezing starts at ratio x lr and grows by the factor per epoch up to lr (``None``:
-    full lr at once); ``select_metric``: validation metric that picks the tested epoch (ties:
-    lower validation loss); ``augment``: ``"flip"`` (random horizontal flip), ``"monai"`` (the
-    authors' MONAI flip + rotation, :class:`ssl_lib.finetune_augment.MonaiAugment`) or ``"none"``;
-    ``train_bn_frozen``: the backbone's BatchNorm layers train (mode and affine parameters, at the
-    head's lr) while the rest of the backbone is frozen, as Lightning's ``BackboneFinetuning``;
-    ``fractions``: reduction steps per task; ``stop_f1``: the paper's stopping rule (``None``: run
-    every fraction); ``stop_metric``: the results column it reads (``"f1_seed"``: the F1 of the
-    authors' code, which their rule used - micro F1 for OrganSMNIST, F1 of NonCOVID for COVID-19;
-    ``"f1"``: ours); ``pretrain_epoch``: ``"last"`` encoder or ``"best"`` (best validation F1,
-    :func:`select_pretrain_epoch`). ``channels_last``: channels-last model and batches (``None``:
-    on CUDA only; ``True``: also on the CPU, where it speeds up ResNet18 at 64 px).
-    ``precision``: ``"bf16-mixed"`` (bfloat16 autocast), ``"32-true"`` or ``"auto"`` (bf16-mixed on
-    CUDA, 32-true on the CPU). ``keep_models``: which fine-tuned models :func:`run_grid` writes:
-    ``"first"`` only those of the first seed at the largest fraction of each task and init (what
-    the Grad-CAM step reads; every run's curves, predictions and results row are always
-    written), ``"all"`` every run's.
-    """
-
-    name: str
-    arch: str
-    image_size: int
-    linear_epochs: int
-    full_epochs: int
-    batch_size: int = 64
-    lr: float = 1e-4
-    linear_lr: float | None = None
-    weight_decay: float = 5e-4
-    backbone_lr_ratio: float | None = None
-    backbone_lr_growth: float = 1.5
-    select_metric: str = "accuracy"
-    augment: str = "flip"
-    train_bn_frozen: bool = False
-    fractions: dict = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0,)
-    stop_f1: float | None = None
-    stop_metric: str = "f1"
-    pretrain_epoch: str = "last"
-    eval_batch_size: int = 256
-    channels_last: bool | None = True
-    precision: str = "auto"
-    keep_models: str = "first"
-
-    @property
-    def epochs(self) -> int:
-        return self.linear_epochs + self.full_epochs
-
-    @property
-    def cached_features(self) -> bool:
-        """Whether the linear phase can train on features computed once (frozen, eval-mode backbone)."""
-        return self.augment in ("none", "flip") and not self.train_bn_frozen
-
-    def fractions_for(self, task: str) -> tuple[float, ...]:
-        """The profile's fractions for a paper task; a user task's own (default 100/75/50/25/10 %)."""
-        if task in self.fractions:
-            return tuple(self.fractions[task])
-        if task not in TASKS:
-            return tuple(get_task(task).fractions or USER_FRACTIONS)
-        return (1.0,)
-
-
-_QUICK_FRACTIONS = {t: (1.0, 0.25) for t in TASKS}
-PROFILES: dict[str, FinetuneProfile] = {
-    "smoke": FinetuneProfile("smoke", "resnet18", 32, 2, 1, batch_size=16, fractions={t: (1.0, 0.5) for t in TASKS},
-                             seeds=(0,), eval_batch_size=64),
-    # quick: 40 linear-only epochs at lr 1e-3 (cheap: cached features; the head converges, which
-    # 3 epochs at 1e-4 did not) + 1 full epoch at lr 1e-4 (the full phase is 3/4 of the grid's
-    # time; a second one moved mean test AUCs by <= 0.02 in the measured quick study), so that the
-    # study's 90 runs (5 inits x 3 tasks x 2 fractions x 3 seeds) fit minutes on 2 CPU cores;
-    # three seeds, not more fractions, because every verdict is a paired t-test over runs
-    # (ssl_lib.stats), which has no power with two; 100 % and 25 % are the headline comparison
-    # (all labels, few labels); brain runs fold (seed % 5) of its 5-fold CV, i.e. folds 0-2; no
-    # stopping rule.
-    "quick": FinetuneProfile("quick", "resnet18", 64, 40, 1, batch_size=64, linear_lr=1e-3, fractions=_QUICK_FRACTIONS,
-                             seeds=(0, 1, 2)),
-    "paper": FinetuneProfile("paper", "resnet50", 224, 10, 60, batch_size=64, backbone_lr_ratio=0.1,
-                             augment="monai", train_bn_frozen=True, fractions=dict(PAPER_FRACTIONS),
-                             seeds=(0, 1, 2, 3, 4), stop_f1=0.7, stop_metric="f1_seed", pretrain_epoch="best",
-                             channels_last=None),
-}
-
-def get_profile(profile: str | FinetuneProfile, **overrides) -> FinetuneProfile:
-    """A profile by name (or as given), with field ``overrides``."""
-    if isinstance(profile, str):
-        if profile not in PROFILES:
-            raise ValueError(f"unknown fine-tuning profile {profile!r}; choose one of {sorted(PROFILES)}")
-        profile = PROFILES[profile]
-    return replace(profile, **overrides) if overrides else profile
 
 
 # --------------------------------------------------------------------------- data in memory

@@ -24,7 +24,8 @@ The runner never loses the user's work (issue 16):
 * **Parameters are checked first** (:func:`check_request`, well under a second, nothing written):
   step names, ``--jobs``, ``--param`` names (the union of the templates' ``parameters`` cells,
   with a did-you-mean), data paths that must exist, a writable output folder, and what the
-  profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides).
+  profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides), and that the
+  profile's parts fit together with the parameters that override them (:mod:`ssl_lib.profiles`).
 * **The output folder is its own** (:class:`ssl_lib.runfolder.RunFolder`): a non-empty folder
   without its manifest is refused untouched; only paths it claimed are written or deleted; one
   run at a time holds the folder's lock.
@@ -62,7 +63,8 @@ from pathlib import Path
 from . import procs
 from .kernel import jupyter_env
 from .paths import StudyPaths
-from .pretrain.registry import method_names, methods
+from .profiles import NEEDS as PROFILE_NEEDS
+from .profiles import PARAM_FIELDS, ProfileError, get_profile, overrides_from_params
 from .runfolder import RunFolder, StudyError
 from .widgets import BATCH_ENV
 
@@ -83,10 +85,20 @@ class Step:
     cost: float = 1.0
     outputs: tuple[str, ...] = ()
     share: float = 1.0
+    method: str = ""  # a pre-training step: its method
 
     @property
     def template(self) -> Path:
-        return REPO / self.notebook
+        """The committed template; for a method without one, the template generated for it."""
+        path = REPO / self.notebook
+        if self.method and not path.is_file():
+            from .templates import materialize
+            from .templates.pretrain import method_specs
+
+            specs = method_specs()
+            index = next(i for i, spec in enumerate(specs) if spec.name == self.method)
+            return materialize(specs[index], index)
+        return path
 
     @property
     def executed(self) -> str:
@@ -94,53 +106,45 @@ class Step:
         return f"notebooks/{Path(self.notebook).name}"
 
 
-#: The pre-training notebooks of the built-in methods (book chapters 02-05).
-_PRETRAIN_TEMPLATES = {"byol": "notebooks/02_pretrain_byol.ipynb", "swav": "notebooks/03_pretrain_swav.ipynb",
-                       "mocov2": "notebooks/04_pretrain_mocov2.ipynb", "spark": "notebooks/05_pretrain_spark.ipynb"}
+def study_steps() -> tuple[Step, ...]:
+    """The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
+
+    One pre-training step per registered method (:func:`ssl_lib.templates.method_specs`, the
+    registry's order; ``cost`` is the method's ``step_cost``, the quick profile's minutes on 2
+    cores); a method without a committed template runs the one :mod:`ssl_lib.templates` generates.
+    """
+    from .templates import pretrain_file
+    from .templates.pretrain import method_specs
+
+    pretrain = tuple(Step(f"pretrain_{spec.name}", pretrain_file(i, spec.name), ("preprocess",), spec.step_cost,
+                          (f"pretrain/{spec.name}",), 0.5, method=spec.name) for i, spec in enumerate(method_specs()))
+    return (
+        Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
+        *pretrain,
+        Step("finetune", "notebooks/06_finetune.ipynb", tuple(p.name for p in pretrain), outputs=("finetune",)),
+        Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
+        Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
+        Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
+    )
 
 
-def pretrain_template(name: str) -> str:
-    """The pre-training notebook of method ``name`` (relative to the repository root)."""
-    return _PRETRAIN_TEMPLATES.get(name, f"notebooks/pretrain_{name}.ipynb")
+def __getattr__(name: str):
+    """``STEPS`` (:func:`study_steps`) is made on first use: the method registry imports torch."""
+    if name == "STEPS":
+        globals()["STEPS"] = study_steps()
+        return globals()["STEPS"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: One pre-training step per registered method (:mod:`ssl_lib.pretrain.registry`), in table order.
-_PRETRAIN_STEPS = tuple(Step(f"pretrain_{spec.name}", pretrain_template(spec.name), ("preprocess",), spec.step_cost,
-                             (f"pretrain/{spec.name}",), 0.5) for spec in methods())
-_PRETRAIN = tuple(s.name for s in _PRETRAIN_STEPS)
+def _steps() -> tuple[Step, ...]:
+    """:data:`STEPS` as it stands (a test may have replaced it)."""
+    return globals()["STEPS"] if "STEPS" in globals() else __getattr__("STEPS")
 
-#: The study's steps in book order; each notebook takes at least ``profile`` and ``output_dir``.
-#: Costs: the quick profile's minutes on 2 cores.
-STEPS: tuple[Step, ...] = (
-    Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
-    *_PRETRAIN_STEPS,
-    Step("finetune", "notebooks/06_finetune.ipynb", _PRETRAIN, outputs=("finetune",)),
-    Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
-    Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
-    Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
-)
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 #: What the runner writes besides the steps' outputs (claimed like them).
 RUNNER_OUTPUTS = ("timings.csv",)
 
-
-@dataclass(frozen=True)
-class Needs:
-    """What a profile needs to be worth starting: a GPU, host memory per step running, a rough time."""
-
-    gpu: bool
-    memory_gb: float
-    time: str
-
-
-#: Rough needs per profile. quick: the whole study took 14 min on 2 CPU cores (see the reproduce
-#: page); paper: a paper-profile pre-training filled 24 GB of host memory on a CPU-only machine.
-PROFILE_NEEDS = {
-    "smoke": Needs(False, 1.5, "a few minutes on 2 CPU cores"),
-    "quick": Needs(False, 3.0, "about 15 minutes on 2 CPU cores"),
-    "paper": Needs(True, 24.0, "days on one GPU"),
-}
 
 #: Parameter names (suffixes) whose values are data paths that must exist when given.
 PATH_SUFFIXES = ("_root", "_npz", "_labels", "_csv")
@@ -230,7 +234,13 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
     if profile not in PROFILE_NEEDS:
         problems.append(f"unknown profile {profile!r}{_did_you_mean(profile, PROFILE_NEEDS)}; "
                         f"the profiles are {sorted(PROFILE_NEEDS)}")
-    names = [s.name for s in STEPS]
+    else:  # the profile's parts must fit together with the parameters that override them
+        try:
+            get_profile(profile, **overrides_from_params(extra))
+        except ProfileError as err:
+            problems.append(f"--profile {profile} with --param {sorted(set(extra) & set(PARAM_FIELDS))}: {err}"
+                            if set(extra) & set(PARAM_FIELDS) else str(err))
+    names = [s.name for s in _steps()]
     for name in steps or []:
         if name not in names:
             problems.append(f"unknown step {name!r}{_did_you_mean(name, names)}; the steps are {names}")
@@ -238,7 +248,7 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
         problems.append(f"--steps names no step; the steps are {names}")
     if jobs is not None and int(jobs) < 1:
         problems.append(f"--jobs must be at least 1, got {jobs}")
-    accepted = {n for s in STEPS for n in template_parameters(s.template)}
+    accepted = {n for s in _steps() for n in template_parameters(s.template)}
     for name, value in extra.items():
         if name in _RESERVED:
             problems.append(f"--param {name} is set by {_RESERVED[name]}, not --param")
@@ -273,7 +283,7 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
     if problems:
         raise StudyError("\n".join(problems) if len(problems) == 1 else
                          "the study was not started:\n  - " + "\n  - ".join(problems))
-    return [s for s in STEPS if steps is None or s.name in steps]
+    return [s for s in _steps() if steps is None or s.name in steps]
 
 
 def default_jobs() -> int:
@@ -348,11 +358,11 @@ class _Planned:
 def _downstream_closure(names: set[str], records: dict) -> set[str]:
     """``names`` plus every recorded step reading from them or sharing an output with them."""
     out = set(names)
-    by_name = {s.name: s for s in STEPS}
+    by_name = {s.name: s for s in _steps()}
     changed = True
     while changed:
         changed = False
-        for s in STEPS:
+        for s in _steps():
             if s.name in out or s.name not in records:
                 continue
             shares = any(set(s.outputs) & set(by_name[n].outputs) for n in out if n in by_name)
@@ -371,7 +381,7 @@ def plan_steps(folder: RunFolder, profile: str, chosen: list[Step], extra: dict,
     identity: dict[str, str | None] = {}
     fps: dict[str, str | None] = {}
     plan: dict[str, _Planned] = {}
-    for s in STEPS:
+    for s in _steps():
         rec = records.get(s.name)
         if s.name not in chosen_names:
             identity[s.name], fps[s.name] = (rec["identity"], rec["fp"]) if rec else (None, None)
@@ -402,14 +412,14 @@ def plan_steps(folder: RunFolder, profile: str, chosen: list[Step], extra: dict,
             f"output folder {folder.root} holds results made with other settings, which this run would mix "
             f"with its own:\n  - " + "\n  - ".join(reasons) +
             f"\nStart over in a new folder (another --output), or add --overwrite to delete the study runner's "
-            f"outputs of step(s) {', '.join(s.name for s in STEPS if s.name in remove)} and run them again.")
+            f"outputs of step(s) {', '.join(s.name for s in _steps() if s.name in remove)} and run them again.")
 
     # steps read from, but not run now, must be there
     for p in plan.values():
         for d in p.step.after:
             if d in chosen_names:
                 continue
-            rec, up = records.get(d), next(s for s in STEPS if s.name == d)
+            rec, up = records.get(d), next(s for s in _steps() if s.name == d)
             missing = (d in remove or (rec is not None and rec["state"] != "done") or
                        (rec is None and up.outputs and not any((folder.root / r).exists() for r in up.outputs)))
             if missing:
@@ -427,14 +437,14 @@ def plan_steps(folder: RunFolder, profile: str, chosen: list[Step], extra: dict,
                          "it away or choose another --output (nothing was changed)")
 
     if remove:
-        for name in [s.name for s in STEPS if s.name in remove]:
-            step = next(s for s in STEPS if s.name == name)
+        for name in [s.name for s in _steps() if s.name in remove]:
+            step = next(s for s in _steps() if s.name == name)
             for rel in (*step.outputs, step.executed):
                 folder.remove(rel)
             records.pop(name, None)
         folder.manifest.pop("book_fp", None)
         folder.save()
-        print(f"--overwrite: removed the outputs of {', '.join(s.name for s in STEPS if s.name in remove)}",
+        print(f"--overwrite: removed the outputs of {', '.join(s.name for s in _steps() if s.name in remove)}",
               flush=True)
 
     for name, p in plan.items():  # book order is an order of dependencies
@@ -633,6 +643,7 @@ def stage_book(paths: StudyPaths) -> Path:
     import pandas as pd
 
     from .present import synthetic_notice
+    from .templates import toc_text
 
     folder = RunFolder(paths.root)
     if not folder.is_ours():
@@ -651,9 +662,11 @@ def stage_book(paths: StudyPaths) -> Path:
             shutil.copytree(src, stage / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, stage / name)
+    # the table of contents of these steps: a method registered at run time has its chapter too
+    (stage / "_toc.yml").write_text(toc_text([f"notebooks/{Path(s.notebook).name}" for s in _steps() if s.method]))
     (stage / "notebooks").mkdir(exist_ok=True)
     notice = synthetic_notice(paths.root)
-    for step in STEPS:
+    for step in _steps():
         executed = paths.notebooks / Path(step.notebook).name
         # a step not run yet appears with its template (prose, no outputs)
         _copy_without_widget_state(executed if executed.exists() else step.template,
@@ -779,7 +792,7 @@ def _write_timings(folder: RunFolder, paths: StudyPaths) -> None:
     import pandas as pd
 
     records = folder.manifest["steps"]
-    rows = [{"step": s.name, **records[s.name]["timing"]} for s in STEPS
+    rows = [{"step": s.name, **records[s.name]["timing"]} for s in _steps()
             if s.name in records and "timing" in records[s.name]]
     if "book_timing" in folder.manifest:
         rows.append({"step": "book", **folder.manifest["book_timing"]})
@@ -931,7 +944,7 @@ def _run_steps(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], 
 def _book(folder: RunFolder, paths: StudyPaths, plan: dict[str, _Planned], machine: str, ran_any: bool) -> dict:
     """Build the book unless nothing it shows changed since the last build; returns its timings row."""
     records = folder.manifest["steps"]
-    fp = _hash([records[s.name]["fp"] for s in STEPS if s.name in records],
+    fp = _hash([records[s.name]["fp"] for s in _steps() if s.name in records],
                _file_hash(*(REPO / f for f in BOOK_FILES)))
     index = paths.root / "book" / "_build" / "html" / "index.html"
     profile = folder.manifest["profile"]
@@ -992,12 +1005,20 @@ def _executor_params(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the step names only where they are shown (a step's own process needs none of the registry)
+    step_names = [s.name for s in _steps()] if argv[:1] == ["study"] else []
+    method_choices = None  # the registry (it imports torch) only for the pretrain command
+    if argv[:1] == ["pretrain"]:
+        from .pretrain.registry import method_names
+
+        method_choices = list(method_names())
     parser = argparse.ArgumentParser(prog="python -m ssl_lib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{study,book,pretrain}")
     p_study = sub.add_parser("study", help="run the study's notebooks and build the book")
     p_study.add_argument("--profile", default="quick", choices=sorted(PROFILE_NEEDS))
     p_study.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
-    p_study.add_argument("--steps", nargs="*", default=None, help=f"run only these steps: {[s.name for s in STEPS]}")
+    p_study.add_argument("--steps", nargs="*", default=None, help=f"run only these steps: {step_names}")
     p_study.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="notebook parameter passed to every step that declares it (e.g. devices=4, lidc_root=/data/LIDC-IDRI)")
     p_study.add_argument("--jobs", type=int, default=None,
@@ -1023,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     p_book = sub.add_parser("book", help="build the book from an output folder's executed notebooks")
     p_book.add_argument("--output", required=True)
     p_pre = sub.add_parser("pretrain", help="one pre-training run outside a notebook (for srun/torchrun on clusters)")
-    p_pre.add_argument("method", choices=list(method_names()))
+    p_pre.add_argument("method", choices=method_choices)
     p_pre.add_argument("--output", required=True, help="study output folder (reads stores/lidc, writes pretrain/<method>)")
     p_pre.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
     p_pre.add_argument("--store", default=None, help="slice store (default <output>/stores/lidc)")

@@ -18,6 +18,7 @@ from ssl_lib import explain, explain_figures  # noqa: E402
 from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
 from ssl_lib.models.classifier import Classifier, save_classifier  # noqa: E402
 from ssl_lib.paths import StudyPaths  # noqa: E402
+from ssl_lib.profiles import explain_profile  # noqa: E402
 
 SIZE = 64  # layer4 of a ResNet gives 2 x 2 at 64 px: the smallest size with a non-constant map
 
@@ -269,7 +270,8 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study):
     # an 8 x 8 grid (upsampled) carries more distinct values per map than the 2 x 2 one
     distinct = lambda m: np.mean([len(np.unique(np.round(x, 4))) for x in m])  # noqa: E731
     assert distinct(fine.maps["spark"]) > distinct(coarse.maps["spark"])
-    assert explain.PROFILES["quick"].input_size >= 128 and explain.PROFILES["quick"].stage == "layer3"
+    quick = explain_profile("quick")
+    assert quick.input_size >= 128 and quick.stage == "layer3"
     with pytest.raises(explain.ExplainError, match="stage"):
         explain.gradcam_for_inits(study, "covid", 1.0, 0, stage="layer5", use_cache=False)
 

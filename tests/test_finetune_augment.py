@@ -65,9 +65,9 @@ def _tensors(n=24, size=32, seed=0):
 
 
 def test_paper_profile_uses_monai_and_lightning_bn():
-    paper = ft.PROFILES["paper"]
+    paper = ft.get_profile("paper")
     assert paper.augment == "monai" and paper.train_bn_frozen and not paper.cached_features
-    assert ft.PROFILES["quick"].augment == "flip" and ft.PROFILES["quick"].cached_features
+    assert ft.get_profile("quick").augment == "flip" and ft.get_profile("quick").cached_features
 
 
 def test_bn_trains_while_the_backbone_is_frozen_as_backbone_finetuning():

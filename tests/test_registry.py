@@ -120,7 +120,7 @@ def test_toy_method_pretrains_and_its_encoder_is_an_init(toy):
 def test_toy_method_reaches_tables_gradcam_runner_and_benchmarks(toy):
     assert toy["report_label"] == "Toy" and toy["report_order"] == ["random", "spark", "toy"]
     assert toy["explain_inits"][-1] == "toy" and toy["explain_label"] == "Toy"
-    assert toy["step"] == ["notebooks/pretrain_toy.ipynb", 0.5, True]
+    assert toy["step"] == ["notebooks/06_pretrain_toy.ipynb", 0.5, True]  # generated at run time (no committed one)
     assert toy["grid_speed"][-1] == "toy" and toy["study_speed"][-1] == "toy"
 
 
@@ -130,12 +130,12 @@ def test_toy_method_is_not_seen_without_the_variable(monkeypatch):
 
 
 def test_builtin_templates_keep_their_paths():
-    from ssl_lib.study import pretrain_template
+    from ssl_lib.templates import pretrain_file
 
-    assert pretrain_template("byol") == "notebooks/02_pretrain_byol.ipynb"
-    assert pretrain_template("spark") == "notebooks/05_pretrain_spark.ipynb"
-    assert pretrain_template("toy") == "notebooks/pretrain_toy.ipynb"
-    assert all((REPO / pretrain_template(m)).is_file() for m in registry.method_names())
+    assert pretrain_file(0, "byol") == "notebooks/02_pretrain_byol.ipynb"
+    assert pretrain_file(3, "spark") == "notebooks/05_pretrain_spark.ipynb"
+    assert pretrain_file(4, "toy") == "notebooks/06_pretrain_toy.ipynb"
+    assert all((REPO / pretrain_file(i, m)).is_file() for i, m in enumerate(registry.method_names()))
 
 
 # ----------------------------------------------------------------------------- no import circle

@@ -16,7 +16,8 @@ from PIL import Image
 
 from ssl_lib.data import synthetic as syn
 from ssl_lib.data.phantom import ORGAN_CLASSES
-from ssl_lib.data.synthetic import (PROFILES, SyntheticError, body_slice_hu, chest_slice_hu, head_slice_hu,
+from ssl_lib.profiles import SYNTHETIC_NAMES, synthetic_profile
+from ssl_lib.data.synthetic import (SyntheticError, body_slice_hu, chest_slice_hu, head_slice_hu,
                                     make_synthetic, task_settings)
 
 
@@ -41,7 +42,7 @@ def test_sources_paths_and_marker(src):
     assert src.organs_npz.is_file() and src.brain_labels.is_file()
     marker = json.loads((src.root / "synthetic.json").read_text())
     assert (marker["profile"], marker["seed"], marker["difficulty"]) == ("smoke", 0, 0.5)
-    assert set(PROFILES) >= {"smoke", "quick", "paper-demo"}
+    assert set(SYNTHETIC_NAMES) >= {"smoke", "quick", "paper-demo"}
 
 
 def test_bad_arguments(tmp_path):
@@ -107,7 +108,7 @@ def _series(src):
 
 def test_lidc_tree_and_ct_series(src):
     patients = sorted(p.name for p in src.lidc.iterdir())
-    assert patients == [f"LIDC-IDRI-{i:04d}" for i in range(1, PROFILES["smoke"].lidc_patients + 1)]
+    assert patients == [f"LIDC-IDRI-{i:04d}" for i in range(1, synthetic_profile("smoke").lidc_patients + 1)]
     series = _series(src)
     ct = {k: v for k, v in series.items() if len(v) > 10}
     assert len(ct) == len(patients)
@@ -119,7 +120,7 @@ def test_lidc_tree_and_ct_series(src):
             assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
             assert ds.BitsAllocated == 16 and ds.PixelRepresentation in (0, 1)
             assert float(ds.RescaleSlope) == 1.0
-            assert ds.Rows == ds.Columns == PROFILES["smoke"].lidc_size
+            assert ds.Rows == ds.Columns == synthetic_profile("smoke").lidc_size
             assert float(ds.SliceThickness) > 0 and len(ds.PixelSpacing) == 2
             assert ds.PatientName and ds.PatientBirthDate and ds.StudyDate
             assert ds.PatientID == folder.parts[-3]
@@ -171,7 +172,7 @@ def test_covid_layout_names_formats_and_splits(src):
         assert all(1 <= sum(n.startswith(p + "%") for n in listed) <= 3 for p in patients)
         counts[c] = len(listed)
     assert abs(counts["COVID"] - counts["NonCOVID"]) <= 1
-    assert sum(counts.values()) == PROFILES["smoke"].covid_images
+    assert sum(counts.values()) == synthetic_profile("smoke").covid_images
     images = list((src.covid / "CT_COVID").iterdir()) + list((src.covid / "CT_NonCOVID").iterdir())
     suffixes = {p.suffix for p in images}
     modes = {Image.open(p).mode for p in images if p.suffix == ".png"}
@@ -239,7 +240,7 @@ def test_brain_dicom_labels_and_masks(src):
         rows = list(csv.reader(f))
     assert rows[0] == ["file", "label"]
     rows = rows[1:]
-    assert len(rows) == PROFILES["smoke"].brain_images
+    assert len(rows) == synthetic_profile("smoke").brain_images
     labels = np.array([int(l) for _, l in rows])
     assert set(labels) == {0, 1} and 0.35 <= labels.mean() <= 0.65
     per_patient, ids = {}, {}

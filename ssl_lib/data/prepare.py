@@ -17,39 +17,17 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..paths import StudyPaths
+from ..profiles import DataProfile, data_profile
 from .build import build_store
 from .intensity import BRAIN_WINDOW
 from .store import SliceStore
 
 #: Store names of the study, in order.
 STORE_NAMES = ("lidc", "covid", "organs", "brain")
-
-
-@dataclass(frozen=True)
-class DataProfile:
-    """Image sizes of the stores (pixels, square). ``lidc`` feeds pre-training, the rest fine-tuning."""
-
-    lidc_size: int
-    task_size: int
-    synthetic: str  # synthetic data set size (ssl_lib.data.synthetic.PROFILES)
-
-
-PROFILES = {
-    "smoke": DataProfile(lidc_size=32, task_size=32, synthetic="smoke"),
-    "quick": DataProfile(lidc_size=64, task_size=64, synthetic="quick"),
-    # the paper: LIDC slices as 512 x 512 input (pre-training crops 224), tasks resized to 224
-    "paper": DataProfile(lidc_size=512, task_size=224, synthetic="quick"),
-}
-
-
-def _profile(profile: str) -> DataProfile:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[profile]
 
 
 def source_fingerprint(source: str | os.PathLike, output_dir: str | os.PathLike) -> str:
@@ -102,7 +80,7 @@ def prepare_stores(
     brain_root = given.get("brain", brain_root)
     organs_npz = given.get("organs", organs_npz)
     paths = StudyPaths(output_dir)
-    prof = _profile(profile)
+    prof = data_profile(profile)
     task_size = image_size or prof.task_size
     synthetic = None
     wanted = {"covid": covid_root, "organs": organs_npz, "brain": brain_root}

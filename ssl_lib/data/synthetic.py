@@ -40,11 +40,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..errors import SslCtError
+from ..profiles import SYNTHETIC_NAMES, SyntheticProfile, synthetic_profile
 from .intensity import window
 from .phantom import (LZ, ORGAN_CLASSES, ORGAN_LEVEL, add_ggo, body_slice_hu, chest_slice_hu, finish, grid,
                       head_slice_hu, render_head, render_trunk, sample_head, sample_trunk)
 
-__all__ = ["PROFILES", "SyntheticProfile", "SyntheticSources", "SyntheticError", "make_synthetic",
+__all__ = ["SyntheticProfile", "SyntheticSources", "SyntheticError", "make_synthetic",
            "task_settings", "chest_slice_hu", "body_slice_hu", "head_slice_hu", "ORGAN_CLASSES"]
 
 #: Bump when the generated content changes, so old folders are regenerated.
@@ -61,31 +62,6 @@ COVID_SPLIT = (425, 118, 203)
 
 class SyntheticError(SslCtError, ValueError):
     """Bad arguments or a target folder that is not ours to overwrite."""
-
-
-@dataclass(frozen=True)
-class SyntheticProfile:
-    """Sizes of one synthetic data set."""
-
-    lidc_patients: int
-    lidc_slices: int            # per series, varied by +-lidc_slices_jitter (always > 10)
-    lidc_size: int
-    covid_images: int           # about half COVID
-    covid_size: tuple           # (min, max) side length in pixels
-    organ_patients: tuple       # (train, val, test) synthetic patients
-    organ_slices: int           # slices per body level and patient (one crop per organ each)
-    brain_images: int
-    brain_size: int
-    difficulty: float = 0.5
-    lidc_slices_jitter: int = 0
-
-
-PROFILES: dict[str, SyntheticProfile] = {
-    "smoke": SyntheticProfile(3, 12, 64, 24, (100, 160), (6, 1, 1), 2, 20, 64),
-    "quick": SyntheticProfile(20, 32, 128, 300, (100, 160), (16, 4, 6), 4, 160, 128, lidc_slices_jitter=4),
-    "paper-demo": SyntheticProfile(100, 64, 256, 746, (150, 400), (115, 16, 70), 6, 400, 256, lidc_slices_jitter=8),
-}
-PROFILES["paper"] = PROFILES["paper-demo"]
 
 
 @dataclass(frozen=True)
@@ -143,9 +119,9 @@ def make_synthetic(root: str | os.PathLike, profile: str = "quick", seed: int = 
     renamed to ``root`` at the end (an existing ``root`` is replaced only if it is empty or holds
     an older synthetic set).
     """
-    if profile not in PROFILES:
-        raise SyntheticError(f"unknown synthetic profile {profile!r}; choose one of {sorted(PROFILES)}")
-    prof = PROFILES[profile]
+    if profile not in SYNTHETIC_NAMES:
+        raise SyntheticError(f"unknown synthetic profile {profile!r}; choose one of {sorted(SYNTHETIC_NAMES)}")
+    prof = synthetic_profile(profile)
     d = prof.difficulty if difficulty is None else float(difficulty)
     if not 0.0 <= d <= 1.0:
         raise SyntheticError(f"difficulty must lie in [0, 1], got {difficulty}")
