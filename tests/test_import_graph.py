@@ -15,10 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "ssl_lib"
 
 #: Circles other branches of issue 14 remove; each entry must still be a circle here (so that the
 #: entry is dropped once its fix is merged), and no other circle may exist.
-KNOWN: dict[frozenset, str] = {
-    frozenset({"ssl_lib.pretrain.common", "ssl_lib.pretrain.byol", "ssl_lib.pretrain.swav",
-               "ssl_lib.pretrain.mocov2", "ssl_lib.pretrain.spark"}): "the method registry (issue 14 item 1)",
-}
+KNOWN: dict[frozenset, str] = {}  # the pretrain circle (common <-> the methods) ended with the method registry
 
 
 def _modules() -> dict[str, Path]:

@@ -5,7 +5,6 @@ fresh interpreter, and must reach pre-training, initialisations, report labels, 
 list, the study's steps and the benchmarks with no edit of ``ssl_lib``.
 """
 
-import ast
 import json
 import os
 import subprocess
@@ -18,7 +17,6 @@ from ssl_lib.errors import SslCtError
 from ssl_lib.pretrain import registry
 
 REPO = Path(__file__).resolve().parent.parent
-SSL_LIB = REPO / "ssl_lib"
 
 
 # ----------------------------------------------------------------------------- the built-ins
@@ -30,6 +28,9 @@ def test_builtin_methods_in_order_with_labels(monkeypatch):
     for spec in registry.methods():
         assert set(spec.profiles) >= {"smoke", "quick", "paper"} and spec.summary.startswith("**")
         assert spec.paper["params_m"] > 20 and spec.paper["hours"] > 200 and spec.step_cost > 0
+        assert spec.paper["table1_note"].startswith(f"The paper's Table 1 lists {spec.paper['params_m']} M")
+        # a preview of the trained module (SparK's reconstruction) comes with its notebook text
+        assert ("preview" in vars(spec.module_class)) == bool(spec.preview_note), spec.name
         assert registry.get_config(spec.name, "smoke") == spec.profiles["smoke"]
         assert registry.method_class(spec.name) is spec.module_class
     assert [registry.get_method(m).step_cost for m in registry.method_names()] == [2.4, 3.0, 1.7, 2.6]
@@ -138,111 +139,15 @@ def test_builtin_templates_keep_their_paths():
 
 
 # ----------------------------------------------------------------------------- no import circle
-def module_name(root: Path, path: Path) -> str:
-    parts = list(path.relative_to(root.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _imports(tree, in_function=False):
-    """(target, level, names, in_function) of every import statement."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            yield from _imports(node, True)
-        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                yield a.name, 0, (), in_function
-        elif isinstance(node, ast.ImportFrom):
-            yield node.module or "", node.level, tuple(a.name for a in node.names), in_function
-        else:
-            yield from _imports(node, in_function)
-
-
-def import_graph(root: Path):
-    files = {module_name(root, p): p for p in root.rglob("*.py")}
-    mods = set(files)
-    top, inner = {m: set() for m in mods}, {m: set() for m in mods}
-    for mod, path in files.items():
-        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for target, level, names, in_fn in _imports(ast.parse(path.read_text(), str(path))):
-            if level:
-                base = package.split(".")
-                base = base[: len(base) - (level - 1)]
-                target = ".".join(base + ([target] if target else []))
-            if target.split(".")[0] != root.name:
-                continue
-            hits = [f"{target}.{n}" for n in names if f"{target}.{n}" in mods] or []
-            if not hits:
-                t = target
-                while t and t not in mods:
-                    t = t.rpartition(".")[0]
-                hits = [t] if t else []
-            for h in hits:
-                if h != mod:
-                    (inner if in_fn else top)[mod].add(h)
-    return top, inner
-
-
-def cycles(graph):
-    """Strongly connected components with more than one module (Tarjan)."""
-    index, low, stack, on, out, n = {}, {}, [], set(), [], [0]
-
-    def visit(v):
-        index[v] = low[v] = n[0]; n[0] += 1; stack.append(v); on.add(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                visit(w); low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop(); on.discard(w); comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    import sys
-    sys.setrecursionlimit(10000)
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
-
-
-def test_the_walker_finds_a_circle(tmp_path):
-    pkg = tmp_path / "ssl_lib"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "sub" / "__init__.py").write_text("from .a import A\n")
-    (pkg / "sub" / "a.py").write_text("from ssl_lib.sub import helper\nA = 1\n")
-    (pkg / "sub" / "b.py").write_text("def f():\n    from . import a\n")
-    (pkg / "sub" / "c.py").write_text("def f():\n    from .d import x\n")
-    (pkg / "sub" / "d.py").write_text("from .c import f\nx = 1\n")
-    top, inner = import_graph(pkg)
-    assert cycles(top) == [["ssl_lib.sub", "ssl_lib.sub.a"]]
-    assert inner["ssl_lib.sub.b"] == {"ssl_lib.sub.a"}
-    assert cycles({m: top[m] | inner[m] for m in top}) == [["ssl_lib.sub", "ssl_lib.sub.a"],
-                                                            ["ssl_lib.sub.c", "ssl_lib.sub.d"]]
-
-
-def test_no_import_circle_in_ssl_lib():
-    top, inner = import_graph(SSL_LIB)
-    assert "ssl_lib.pretrain.byol" in top and top["ssl_lib.pretrain.byol"] >= {"ssl_lib.pretrain.base"}
-    assert cycles(top) == [], "module-level import circles"
-    # imports inside functions run later, but a circle through them is still one
-    assert cycles({m: top[m] | inner[m] for m in top}) == [], "import circles through function-level imports"
-
-
+# (the circle test of all ssl_lib is tests/test_import_graph.py; it walks deferred imports too)
 def test_method_modules_import_only_base_of_the_package():
-    top, inner = import_graph(SSL_LIB)
+    from test_import_graph import import_graph
+
+    graph = import_graph()
+    assert graph["ssl_lib.pretrain.registry"] >= {"ssl_lib.pretrain.base"}
     for spec_module in registry.METHOD_MODULES:
-        own = {m for m in top[spec_module] | inner[spec_module] if m.startswith("ssl_lib.pretrain")}
-        assert own <= {"ssl_lib.pretrain.base"}, (spec_module, own)
+        own = {m for m in graph[spec_module] if m.startswith("ssl_lib.pretrain")}
+        assert own == {"ssl_lib.pretrain.base"}, (spec_module, own)
 
 
 # ----------------------------------------------------------------------------- the momentum helper

@@ -111,8 +111,11 @@ class MethodSpec:
     ``summary``: a markdown paragraph for the book and the method's pre-training notebook;
     ``paper``: the paper's numbers for it (Table 1: ``params_m`` trainable parameters in
     millions, ``gpu_memory_gb``, ``hours`` of pre-training on one RTX 3090; ``table``: the
-    supplementary table of its settings); ``step_cost``: the study runner's relative cost of its
-    pre-training step (minutes of the quick profile on 2 CPU cores).
+    supplementary table of its settings; ``table1_note``: the sentences that explain its Table 1
+    count); ``step_cost``: the study runner's relative cost of its pre-training step (minutes of
+    the quick profile on 2 CPU cores); ``preview_note``: markdown (heading and sentence) for the
+    preview of a *trained* module in its notebook, for methods whose module overrides
+    :meth:`PretrainModule.preview` (SparK's reconstruction); empty for the others.
     """
 
     name: str
@@ -123,6 +126,7 @@ class MethodSpec:
     summary: str
     paper: dict = field(default_factory=dict)
     step_cost: float = 1.0
+    preview_note: str = ""
 
     def __post_init__(self):
         missing = {"smoke", "quick", "paper"} - set(self.profiles)

@@ -130,7 +130,7 @@ SUMMARY = (
 SPEC = MethodSpec(
     name="byol", label="BYOL", config_class=BYOLConfig, module_class=BYOL, profiles=PROFILES, summary=SUMMARY,
     paper={"params_m": 70.1, "gpu_memory_gb": 14.4, "hours": 10 * 24 + 12, "table": "Supplementary Table 6",
-           "params_note": "The paper's Table 1 lists 70.1 M trainable parameters for BYOL: the Bolts implementation "
+           "table1_note": "The paper's Table 1 lists 70.1 M trainable parameters for BYOL: the Bolts implementation "
                           "it used counts the target network, a full copy of the online network *including the "
                           "predictor* (2 x 35.0 M). Here the target is a momentum copy that is not trained by "
                           "gradients, so it appears under `momentum`."},

@@ -156,7 +156,7 @@ SPEC = MethodSpec(
     name="mocov2", label="MoCoV2", config_class=MoCoConfig, module_class=MoCoV2, profiles=PROFILES,
     summary=SUMMARY,
     paper={"params_m": 47.6, "gpu_memory_gb": 18.7, "hours": 10 * 24 + 7, "table": "Supplementary Table 4",
-           "params_note": "The paper's Table 1 lists 47.6 M for MoCo v2: both encoders counted with Bolts' default "
+           "table1_note": "The paper's Table 1 lists 47.6 M for MoCo v2: both encoders counted with Bolts' default "
                           "linear 128-d head (2 x 23.8 M). Ours uses the MoCo v2 MLP head, so each of query and key "
                           "network has 28.0 M; only the query network is trained by gradients."},
     step_cost=1.7,

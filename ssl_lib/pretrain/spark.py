@@ -212,10 +212,13 @@ SPEC = MethodSpec(
     name="spark", label="SparK", config_class=SparKConfig, module_class=SparKModule, profiles=PROFILES,
     summary=SUMMARY,
     paper={"params_m": 25.6, "gpu_memory_gb": 14.4, "hours": 14 * 24 + 4, "table": "Supplementary Table 7",
-           "params_note": "The paper's Table 1 lists 25.6 M for SparK: that is the ResNet50 alone as the official "
+           "table1_note": "The paper's Table 1 lists 25.6 M for SparK: that is the ResNet50 alone as the official "
                           "SparK code counts it (with its 1000-class layer, column `encoder_with_fc`). The paper "
                           "profile trains the official decoder (width 768) and densify layers as well, 29.4 M "
                           "more, so `trainable` is 52.9 M; the `quick` profile's lighter decoder keeps the CPU run "
                           "short."},
     step_cost=2.6,
+    preview_note="## Masked input and reconstruction\n\nFor a few slices: the training crop, the masked input the "
+                 "sparse encoder sees (masked patches black), the reconstruction, and the reconstruction with the "
+                 "visible patches pasted back.",
 )

@@ -161,7 +161,7 @@ SUMMARY = (
 SPEC = MethodSpec(
     name="swav", label="SwAV", config_class=SwAVConfig, module_class=SwAV, profiles=PROFILES, summary=SUMMARY,
     paper={"params_m": 24.1, "gpu_memory_gb": 21.6, "hours": 11 * 24 + 14, "table": "Supplementary Table 5",
-           "params_note": "The paper's Table 1 lists 24.1 M for SwAV; ours is ResNet50 23.5 M + projector "
+           "table1_note": "The paper's Table 1 lists 24.1 M for SwAV; ours is ResNet50 23.5 M + projector "
                           "2048-2048-128 4.5 M + 500 prototypes 0.06 M = 28.0 M. We could not reconstruct the "
                           "paper's count from the Bolts model (without the hidden projector layer it would be "
                           "23.8 M)."},
