@@ -166,11 +166,6 @@ class SparKModule(PretrainModule):
         mask = self.spark.random_mask(v.shape[0], device=v.device, generator=generator)
         return self.spark(self.rgb(v), mask, generator)["loss"]
 
-    #: The pre-training chapter's text above this preview (:mod:`ssl_lib.templates.pretrain`).
-    preview_note = ("## Masked input and reconstruction\n\nFor a few slices: the training crop, the masked input the "
-                    "sparse encoder sees (masked patches black), the reconstruction, and the reconstruction with the "
-                    "visible patches pasted back.")
-
     @torch.no_grad()
     def preview(self, images, seed=0):
         """Original crop, masked input (masked patches black) and reconstruction, (B, 1, h, w) in [0, 1]."""

@@ -3,10 +3,10 @@
 Wolf et al. 2023 pre-train with four methods; the study has one chapter per method, written from
 the method's :class:`~ssl_lib.pretrain.registry.MethodSpec` alone: the title and the loss plot
 from its ``label``, the opening paragraph from its ``summary``, the method-specific part of the
-"Size (paper Table 1)" section from ``paper["params_note"]``. Where the method's module draws its
+"Size (paper Table 1)" section from ``paper["table1_note"]``. Where the method's module draws its
 own preview (it overrides :meth:`PretrainModule.preview`, e.g. SparK's masked input and
-reconstruction), the preview follows training and uses the trained module, with the module
-class's ``preview_note`` as its text; otherwise the augmented views are shown before training.
+reconstruction), the preview follows training and uses the trained module, with the spec's
+``preview_note`` as its text; otherwise the augmented views are shown before training.
 
 :func:`method_specs` is the registry's method list (``ssl_lib.pretrain.registry.methods``).
 """
@@ -43,7 +43,7 @@ def draws_own_preview(spec) -> bool:
 def pretrain_cells(spec) -> list[Cell]:
     """The cells of the pre-training chapter of ``spec`` (a registered method)."""
     m, label = spec.name, spec.label
-    note = (spec.paper or {}).get("params_note") or (
+    note = (spec.paper or {}).get("table1_note") or (
         f"The paper's Table 1 lists {spec.paper['params_m']} M for {label}." if (spec.paper or {}).get("params_m")
         else "The paper does not list this method.")
     own_preview = draws_own_preview(spec)
@@ -92,7 +92,7 @@ ax.set(title="{label} pre-training loss", xlabel="step", ylabel="loss");
 """, "loss"),
     ]
     if own_preview:
-        preview_note = getattr(spec.module_class, "preview_note", "") or (
+        preview_note = getattr(spec, "preview_note", "") or (
             "## What the trained model makes of its input\n\nFor a few slices, the views the trained module draws "
             "from them.")
         cells += [
