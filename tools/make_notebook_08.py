@@ -45,9 +45,9 @@ cells = [
          "fig = explain.plot_correlation(result.correlation)"),
     md("Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no\n"
        "positive evidence for the explained class) has no defined correlation and nothing to place.\n"
-       "The quick profile runs Grad-CAM on test images enlarged to 128 px at the third ResNet stage (an\n"
-       "8 × 8 grid, like the paper's 7 × 7 at 224 px), because the last stage at its 64 px training size\n"
-       "is a 2 × 2 grid that cannot point at a lesion."),
+       "The quick profile runs Grad-CAM on test images enlarged to 128 px at the second ResNet stage (a\n"
+       "16 × 16 grid), because the last stage at its 64 px training size is a 2 × 2 grid that cannot point\n"
+       "at a lesion, and a cell of the third stage's 8 × 8 grid is as large as a synthetic lesion."),
     code("result.dropped.round(3)"),
     md("## Beyond the paper: do the heat maps find the lesion?\n\n"
        "On positive test images with a non-empty lesion mask: the **energy share** (the part of the heat "
