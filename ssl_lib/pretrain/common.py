@@ -18,7 +18,8 @@ Supplementary Tables 4-7. Here every method is one :class:`PretrainModule` subcl
 
 :func:`pretrain` runs a method on a store with Lightning and writes, under ``out_dir``::
 
-    checkpoints/epoch_XXXX.ckpt, last.ckpt   every ``every_n_epochs`` and at the end (atomic)
+    checkpoints/last.ckpt                    every ``every_n_epochs`` and at the end (atomic;
+                                             epoch_XXXX.ckpt too with ``keep_checkpoints="all"``)
     encoders/epoch_XXXX.pt + .json           the encoder (torchvision state dict, no fc) + card
     metrics.csv                              per epoch: epoch, step, loss, lr, images_per_s, seconds
     steps.csv                                per step: epoch, step, loss, lr
@@ -96,6 +97,11 @@ class PretrainConfig:
     (``torch.compile`` of the exported backbone, off by default), ``num_workers`` (loader worker
     processes; ``None``: up to 8 per device on CUDA, 0 on the CPU) and ``pin_memory`` (``None``:
     on CUDA only).
+
+    ``keep_checkpoints``: ``"last"`` keeps only ``checkpoints/last.ckpt`` (what resume continues
+    from; with optimizer state, ~3x the encoder) - later steps read the exported encoders of every
+    checkpoint epoch, never the per-epoch checkpoints; ``"all"`` also keeps
+    ``checkpoints/epoch_XXXX.ckpt`` of every checkpoint epoch.
     """
 
     method: str = ""
@@ -119,6 +125,7 @@ class PretrainConfig:
     compile: bool = False
     num_workers: int | None = None
     pin_memory: bool | None = None
+    keep_checkpoints: str = "last"
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
@@ -303,6 +310,8 @@ def get_config(method: str, profile: str = "quick", **overrides: Any) -> Pretrai
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cfg)}
     if unknown:
         raise PretrainError(f"unknown {method} setting(s) {sorted(unknown)}")
+    if overrides.get("keep_checkpoints", "last") not in ("last", "all"):
+        raise PretrainError(f"keep_checkpoints must be 'last' or 'all', got {overrides['keep_checkpoints']!r}")
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -557,12 +566,13 @@ def _is_save_epoch(trainer: pl.Trainer, every_n: int) -> bool:
 
 
 class EpochCheckpoint(ModelCheckpoint):
-    """``checkpoints/epoch_XXXX.ckpt`` (XXXX = completed epochs) every ``every_n_epochs`` and at the
-    final epoch, plus ``last.ckpt`` (what ``resume`` continues from). All are kept."""
+    """``last.ckpt`` (what ``resume`` continues from) every ``every_n_epochs`` and at the final
+    epoch; with ``keep="all"`` also ``checkpoints/epoch_XXXX.ckpt`` (XXXX = completed epochs) at
+    each of them, all kept (``"last"``: none of them, see ``PretrainConfig.keep_checkpoints``)."""
 
-    def __init__(self, dirpath: Path, every_n_epochs: int):
+    def __init__(self, dirpath: Path, every_n_epochs: int, keep: str = "last"):
         super().__init__(dirpath=dirpath, filename="epoch_{done:04d}", auto_insert_metric_name=False,
-                         save_top_k=-1, save_last=True, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
+                         save_top_k=-1 if keep == "all" else 0, save_last=True, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
                          enable_version_counter=False)
         self.period = every_n_epochs
 
@@ -811,7 +821,7 @@ def pretrain(
         enable_progress_bar=progress, deterministic=not use_gpu, benchmark=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
         plugins=[AtomicCheckpointIO()],
-        callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs),
+        callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
                    EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
     )
     start = time.perf_counter()
