@@ -259,19 +259,19 @@ def test_gradcam_for_a_cross_validated_task_uses_the_fold(tmp_path):
 
 
 def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study):
-    """The quick profile's setting: 64 px slices enlarged to 128 px, Grad-CAM on layer3 (8 x 8)."""
+    """The quick profile's setting: 64 px slices enlarged to 128 px, Grad-CAM on layer2 (16 x 16)."""
     coarse = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], use_cache=False)
     fine = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], use_cache=False, input_size=128,
-                                     stage="layer3")
+                                     stage="layer2")
     assert fine.images.shape == fine.masks.shape == (8, 128, 128) and fine.maps["spark"].shape == (8, 128, 128)
     # masks enlarged by nearest neighbour: still binary, same area share
     assert set(np.unique(fine.masks)) <= set(np.unique(coarse.masks))
     assert abs((fine.masks > 0).mean() - (coarse.masks > 0).mean()) < 0.01
-    # an 8 x 8 grid (upsampled) carries more distinct values per map than the 2 x 2 one
+    # a 16 x 16 grid (upsampled) carries more distinct values per map than the 2 x 2 one
     distinct = lambda m: np.mean([len(np.unique(np.round(x, 4))) for x in m])  # noqa: E731
     assert distinct(fine.maps["spark"]) > distinct(coarse.maps["spark"])
     quick = explain_profile("quick")
-    assert quick.input_size >= 128 and quick.stage == "layer3"
+    assert quick.input_size >= 128 and quick.stage == "layer2"
     with pytest.raises(explain.ExplainError, match="stage"):
         explain.gradcam_for_inits(study, "covid", 1.0, 0, stage="layer5", use_cache=False)
 

@@ -41,6 +41,22 @@ def test_stores_are_reused_not_rebuilt(out):
     assert (StudyPaths(out).store("lidc") / "images.npy").stat().st_mtime_ns != before["lidc"]
 
 
+def test_regenerated_synthetic_sources_rebuild_their_stores(tmp_path, monkeypatch):
+    """A changed synthetic profile (here its difficulty) regenerates the sources; the stores built
+    from them must follow (their signature names what generated the sources)."""
+    from dataclasses import replace
+
+    from ssl_lib import profiles
+
+    first = prepare_stores(tmp_path, "smoke", progress=False)
+    covid = np.asarray(first["covid"].images[:]).copy()
+    easy = replace(profiles.synthetic_profile("smoke"), difficulty={"covid": 0.0, "organs": 0.5, "brain": 0.5})
+    monkeypatch.setitem(profiles._SYNTHETIC, "smoke", easy)
+    again = prepare_stores(tmp_path, "smoke", progress=False)
+    assert again["covid"].meta["signature"]["synthetic"]["difficulty"]["covid"] == 0.0
+    assert not np.array_equal(np.asarray(again["covid"].images[:]), covid)
+
+
 def test_no_dicom_identifier_in_any_store_file(out):
     src = sources_at(StudyPaths(out).synthetic)
     secrets = set()

@@ -56,7 +56,8 @@ def test_loss_falls(runs, method):
 def test_outputs_checkpoints_and_cards(runs, store, method):
     r = runs[method]
     assert [p.name for p in r.encoders] == ["epoch_0003.pt", "epoch_0005.pt"]  # every 3 and at the end
-    assert sorted(p.name for p in r.checkpoints.glob("*.ckpt")) == ["epoch_0003.ckpt", "epoch_0005.ckpt", "last.ckpt"]
+    # only what resume reads: later steps read the exported encoders, not per-epoch checkpoints
+    assert sorted(p.name for p in r.checkpoints.glob("*.ckpt")) == ["last.ckpt"]
     assert not list(r.run_dir.rglob(".*tmp-*"))  # no temporary files left behind
     card = json.loads(r.encoders[-1].with_suffix(".json").read_text())
     assert card == {**card, "method": method, "epoch": EPOCHS, "arch": "resnet18", "channels": 3, "store": "lidc",
@@ -106,6 +107,15 @@ def test_resume_after_kill_equals_uninterrupted(store, tmp_path, method):
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 16
     torch.testing.assert_close(full.steps["loss"].to_numpy(), resumed.steps["loss"].to_numpy())
     assert resumed.metrics["epoch"].tolist() == [1, 2]
+
+
+def test_keep_all_checkpoints_keeps_every_epoch(store, tmp_path):
+    r = pretrain("mocov2", store, tmp_path / "all", profile="smoke", epochs=2, every_n_epochs=1,
+                 keep_checkpoints="all", progress=False)
+    assert sorted(p.name for p in r.checkpoints.glob("*.ckpt")) == ["epoch_0001.ckpt", "epoch_0002.ckpt", "last.ckpt"]
+    with pytest.raises(PretrainError, match="keep_checkpoints"):
+        pretrain("mocov2", store, tmp_path / "bad", profile="smoke", epochs=1, keep_checkpoints="some", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_moco_queue_is_checkpointed(runs):

@@ -18,7 +18,7 @@ from ssl_lib.data import synthetic as syn
 from ssl_lib.data.phantom import ORGAN_CLASSES
 from ssl_lib.profiles import SYNTHETIC_NAMES, synthetic_profile
 from ssl_lib.data.synthetic import (SyntheticError, body_slice_hu, chest_slice_hu, head_slice_hu,
-                                    make_synthetic, task_settings)
+                                    make_synthetic, task_difficulty, task_settings)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -287,6 +287,20 @@ def test_head_render_bleed_is_hyperdense():
     assert m2["lesion"].any() and (m2["lesion"] & ~m2["brain"]).any()
     _, m0 = head_slice_hu(96, seed=1)
     assert not m0["lesion"].any() and np.median(hu[m["bone"]]) > 300
+
+
+def test_difficulty_per_task(tmp_path):
+    d = {"covid": 0.0, "organs": 0.5, "brain": 1.0}
+    src = make_synthetic(tmp_path / "s", "smoke", seed=0, difficulty=d)
+    marker = json.loads((src.root / "synthetic.json").read_text())
+    assert marker["difficulty"] == d
+    assert marker["settings"] == json.loads(json.dumps({t: task_settings(v)[t] for t, v in d.items()}))
+    assert task_difficulty(0.3) == {"covid": 0.3, "organs": 0.3, "brain": 0.3}
+    with pytest.raises(SyntheticError, match="brain"):
+        task_difficulty({"covid": 0.0, "organs": 0.5, "brain": 1.5})
+    with pytest.raises(SyntheticError, match="exactly the tasks"):
+        make_synthetic(tmp_path / "t", "smoke", difficulty={"covid": 0.0})
+    assert not (tmp_path / "t").exists()
 
 
 def test_difficulty_makes_tasks_harder():

@@ -40,6 +40,15 @@ def source_fingerprint(source: str | os.PathLike, output_dir: str | os.PathLike)
     return hashlib.sha256(f"{salt}\x00{Path(source).resolve()}".encode("utf-8")).hexdigest()[:16]
 
 
+def generated_by(synthetic) -> dict:
+    """What made the synthetic sources (generator version, profile, seed, difficulty: their marker's
+    key), part of a synthetic store's signature so that regenerated sources rebuild the store."""
+    from .synthetic import MARKER
+
+    marker = json.loads((synthetic.root / MARKER).read_text())
+    return {k: marker[k] for k in ("generator", "profile", "seed", "difficulty")}
+
+
 def prepare_stores(
     output_dir: str | os.PathLike,
     profile: str = "quick",
@@ -118,7 +127,7 @@ def prepare_stores(
         synthetic_source = plan["source"] is not None and synthetic is not None and str(plan["source"]).startswith(str(synthetic.root))
         options = {k: v for k, v in plan.items() if k not in ("kind", "source", "size", "workers") and v is not None}
         signature = {"source": source_fingerprint(plan["source"], output_dir), "size": plan["size"],
-                     "synthetic": synthetic_source,
+                     "synthetic": synthetic_source and generated_by(synthetic),
                      "options": {k: (source_fingerprint(v, output_dir) if k.endswith(("_root", "_csv")) else v)
                                  for k, v in sorted(options.items())}}
         signature = json.loads(json.dumps(signature))  # as meta.json keeps it (tuples become lists)

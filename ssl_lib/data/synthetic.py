@@ -19,7 +19,8 @@ reads the marker.
 
 ``difficulty`` in [0, 1] (default 0.5) sets how separable the labeled tasks are: lesion
 contrast and size shrink, noise and crop jitter grow with it (see :func:`task_settings`). At
-0.5 a small CNN should land well above chance but below perfect.
+0.5 a small CNN should land well above chance but below perfect. It is one number for all
+tasks or one per task (``{"covid": ..., "organs": ..., "brain": ...}``, see :func:`task_difficulty`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .phantom import (LZ, ORGAN_CLASSES, ORGAN_LEVEL, add_ggo, body_slice_hu, ch
                       head_slice_hu, render_head, render_trunk, sample_head, sample_trunk)
 
 __all__ = ["SyntheticProfile", "SyntheticSources", "SyntheticError", "make_synthetic",
-           "task_settings", "chest_slice_hu", "body_slice_hu", "head_slice_hu", "ORGAN_CLASSES"]
+           "task_settings", "task_difficulty", "chest_slice_hu", "body_slice_hu", "head_slice_hu", "ORGAN_CLASSES"]
 
 #: Bump when the generated content changes, so old folders are regenerated.
 GENERATOR_VERSION = 1
@@ -85,6 +86,24 @@ def sources_at(root: str | os.PathLike) -> SyntheticSources:
                             r / "Brain", r / "Brain" / "labels.csv", r / "Brain-masks")
 
 
+LABELED_TASKS = ("covid", "organs", "brain")
+
+
+def task_difficulty(difficulty: float | dict) -> dict[str, float]:
+    """``difficulty`` (one number, or one per task of :data:`LABELED_TASKS`) as ``{task: d}``,
+    each checked to lie in [0, 1]."""
+    if isinstance(difficulty, dict):
+        if set(difficulty) != set(LABELED_TASKS):
+            raise SyntheticError(f"difficulty per task needs exactly the tasks {LABELED_TASKS}, got {sorted(difficulty)}")
+        per_task = {t: float(difficulty[t]) for t in LABELED_TASKS}
+    else:
+        per_task = dict.fromkeys(LABELED_TASKS, float(difficulty))
+    for task, d in per_task.items():
+        if not 0.0 <= d <= 1.0:
+            raise SyntheticError(f"difficulty must lie in [0, 1], got {d} for {task}")
+    return per_task
+
+
 def task_settings(difficulty: float) -> dict:
     """What ``difficulty`` in [0, 1] means for each labeled task (ranges are sampled per image).
 
@@ -109,7 +128,7 @@ def task_settings(difficulty: float) -> dict:
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
-def make_synthetic(root: str | os.PathLike, profile: str = "quick", seed: int = 0, difficulty: float | None = None,
+def make_synthetic(root: str | os.PathLike, profile: str = "quick", seed: int = 0, difficulty: float | dict | None = None,
                    progress: bool = False) -> SyntheticSources:
     """Write the synthetic sources under ``root`` (or find them there) -> :class:`SyntheticSources`.
 
@@ -122,13 +141,13 @@ def make_synthetic(root: str | os.PathLike, profile: str = "quick", seed: int = 
     if profile not in SYNTHETIC_NAMES:
         raise SyntheticError(f"unknown synthetic profile {profile!r}; choose one of {sorted(SYNTHETIC_NAMES)}")
     prof = synthetic_profile(profile)
-    d = prof.difficulty if difficulty is None else float(difficulty)
-    if not 0.0 <= d <= 1.0:
-        raise SyntheticError(f"difficulty must lie in [0, 1], got {difficulty}")
+    given = prof.difficulty if difficulty is None else difficulty
+    d = task_difficulty(given)
     seed = int(seed)
     root = Path(root)
     src = sources_at(root)
-    key = {"generator": GENERATOR_VERSION, "profile": profile, "seed": seed, "difficulty": round(d, 6)}
+    shown = round(d["covid"], 6) if len(set(d.values())) == 1 else {t: round(v, 6) for t, v in d.items()}
+    key = {"generator": GENERATOR_VERSION, "profile": profile, "seed": seed, "difficulty": shown}
     marker = root / MARKER
     if marker.is_file():
         try:
@@ -146,11 +165,12 @@ def make_synthetic(root: str | os.PathLike, profile: str = "quick", seed: int = 
         t = sources_at(tmp)
         counts = {
             "lidc": _write_lidc(t, prof, seed, progress),
-            "covid": _write_covid(t, prof, seed, d, progress),
-            "organs": _write_organs(t, prof, seed, d, progress),
-            "brain": _write_brain(t, prof, seed, d, progress),
+            "covid": _write_covid(t, prof, seed, d["covid"], progress),
+            "organs": _write_organs(t, prof, seed, d["organs"], progress),
+            "brain": _write_brain(t, prof, seed, d["brain"], progress),
         }
-        info = {**key, "counts": counts, "sizes": asdict(prof), "settings": task_settings(d)}
+        settings = {t: task_settings(v)[t] for t, v in d.items()}
+        info = {**key, "counts": counts, "sizes": asdict(prof), "settings": settings}
         (tmp / MARKER).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         if root.exists():
             old = root.with_name(f".{root.name}.old-{secrets.token_hex(4)}")

@@ -36,9 +36,14 @@ class Classifier(nn.Module):
 
 
 def save_classifier(model: Classifier, path: str | os.PathLike, **info: Any) -> Path:
-    """Write ``{arch, num_classes, state_dict, **info}`` atomically (``info``: mean, std, task, ...)."""
+    """Write ``{arch, num_classes, state_dict, **info}`` atomically (``info``: mean, std, task, ...).
+
+    Floating-point tensors are stored in half precision (half the disk; the models are only read
+    for Grad-CAM, after every prediction is written); :func:`load_classifier` returns float32.
+    """
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"arch": model.arch, "num_classes": model.num_classes, "state_dict": state, **info}, tmp)
     return path

@@ -65,6 +65,11 @@ class PretrainConfig:
     (``torch.compile`` of the exported backbone, off by default), ``num_workers`` (loader worker
     processes; ``None``: up to 8 per device on CUDA, 0 on the CPU) and ``pin_memory`` (``None``:
     on CUDA only).
+
+    ``keep_checkpoints``: ``"last"`` keeps only ``checkpoints/last.ckpt`` (what resume continues
+    from; with optimizer state, ~3x the encoder): later steps read the exported encoders of every
+    checkpoint epoch, never the per-epoch checkpoints. ``"all"`` also keeps
+    ``checkpoints/epoch_XXXX.ckpt`` of every checkpoint epoch.
     """
 
     method: str = ""
@@ -88,6 +93,7 @@ class PretrainConfig:
     compile: bool = False
     num_workers: int | None = None
     pin_memory: bool | None = None
+    keep_checkpoints: str = "last"
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":

@@ -3,7 +3,8 @@
 :func:`pretrain` runs a registered method (:mod:`.registry`) on a store with Lightning and
 writes, under ``out_dir``::
 
-    checkpoints/epoch_XXXX.ckpt, last.ckpt   every ``every_n_epochs`` and at the end (atomic)
+    checkpoints/last.ckpt                    every ``every_n_epochs`` and at the end (atomic;
+                                             epoch_XXXX.ckpt too with ``keep_checkpoints="all"``)
     encoders/epoch_XXXX.pt + .json           the encoder (torchvision state dict, no fc) + card
     metrics.csv                              per epoch: epoch, step, loss, lr, images_per_s, seconds
     steps.csv                                per step: epoch, step, loss, lr
@@ -115,12 +116,13 @@ def _is_save_epoch(trainer: pl.Trainer, every_n: int) -> bool:
 
 
 class EpochCheckpoint(ModelCheckpoint):
-    """``checkpoints/epoch_XXXX.ckpt`` (XXXX = completed epochs) every ``every_n_epochs`` and at the
-    final epoch, plus ``last.ckpt`` (what ``resume`` continues from). All are kept."""
+    """``last.ckpt`` (what ``resume`` continues from) every ``every_n_epochs`` and at the final
+    epoch; with ``keep="all"`` also ``checkpoints/epoch_XXXX.ckpt`` (XXXX = completed epochs) at
+    each of them, all kept (``"last"``: none of them, see ``PretrainConfig.keep_checkpoints``)."""
 
-    def __init__(self, dirpath: Path, every_n_epochs: int):
+    def __init__(self, dirpath: Path, every_n_epochs: int, keep: str = "last"):
         super().__init__(dirpath=dirpath, filename="epoch_{done:04d}", auto_insert_metric_name=False,
-                         save_top_k=-1, save_last=True, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
+                         save_top_k=-1 if keep == "all" else 0, save_last=True, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
                          enable_version_counter=False)
         self.period = every_n_epochs
 
@@ -350,7 +352,7 @@ def pretrain(
         enable_progress_bar=progress, deterministic=not use_gpu, benchmark=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
         plugins=[AtomicCheckpointIO()],
-        callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs),
+        callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
                    EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
     )
     start = time.perf_counter()

@@ -279,7 +279,7 @@ def gradcam() -> list[Cell]:
 
 Wolf et al. (2023) applied Grad-CAM (Selvaraju et al. 2017, via `pytorch-grad-cam`) to the COVID-19 test images with the fine-tuned model of each pre-training method (Figure 4) and compared the methods by the Pearson correlation between two methods' heat maps of the same image, averaged over the test set. They found low mean correlations (0.02–0.07): the methods focus on different regions, mostly inside the lung.
 
-This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the third, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises the lesion compared with heat maps that know nothing of the image.
+This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the second, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises the lesion compared with heat maps that know nothing of the image.
 """),
         ('params', """
 profile = "quick"  # smoke | quick | paper
@@ -322,9 +322,9 @@ fig = explain_figures.plot_correlation(result.correlation)
         ('md', """
 Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no
 positive evidence for the explained class) has no defined correlation and nothing to place.
-The quick profile runs Grad-CAM on test images enlarged to 128 px at the third ResNet stage (an
-8 × 8 grid, like the paper's 7 × 7 at 224 px), because the last stage at its 64 px training size
-is a 2 × 2 grid that cannot point at a lesion.
+The quick profile runs Grad-CAM on test images enlarged to 128 px at the second ResNet stage (a
+16 × 16 grid), because the last stage at its 64 px training size is a 2 × 2 grid that cannot point
+at a lesion, and a cell of the third stage's 8 × 8 grid is as large as a synthetic lesion.
 """),
         ('code', 'result.dropped.round(3)'),
         ('md', """
