@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 
-def sleepy_group(output_dir, prof, device, jobs):  # noqa: ARG001 - the signature of _grid_group
+def sleepy_group(output_dir, prof, device, jobs, features):  # noqa: ARG001 - the signature of _grid_group
     pids = Path(output_dir, "grid")
     pids.mkdir(exist_ok=True)
     (pids / f"worker-{os.getpid()}").touch()

@@ -241,7 +241,7 @@ for epoch in range(1, 4):
 GRID = """from ssl_lib import finetune as ft
 import tests.interrupt_steps as its
 ft._grid_group = its.sleepy_group
-ft._run_parallel([[{'g': 0}], [{'g': 1}]], output_dir, ft.get_profile('smoke'), 'cpu', 2, lambda job, row: None)"""
+ft._run_parallel([[{'g': 0}], [{'g': 1}]], output_dir, ft.get_profile('smoke'), 'cpu', 2, lambda job, row: None, ft.FeatureCache())"""
 
 
 @pytest.fixture
@@ -343,7 +343,7 @@ def test_grid_workers_die_with_a_killed_parent(tmp_path):
     (tmp_path / "hold").write_text("")
     code = (f"import sys\nfrom ssl_lib import finetune as ft\nimport tests.interrupt_steps as its\n"
             f"ft._grid_group = its.sleepy_group\n"
-            f"ft._run_parallel([[{{}}], [{{}}]], {str(out)!r}, ft.get_profile('smoke'), 'cpu', 2, lambda j, r: None)")
+            f"ft._run_parallel([[{{}}], [{{}}]], {str(out)!r}, ft.get_profile('smoke'), 'cpu', 2, lambda j, r: None, ft.FeatureCache())")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         _wait_for(lambda: len(list((out / "grid").glob("worker-*"))) == 2, "two workers")
