@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ from ssl_lib.models.classifier import Classifier
 from ssl_lib.precision import autocast, resolve_channels_last, resolve_precision
 from ssl_lib.pretrain import METHODS, PROFILES, build_module, get_config, method_class, pretrain
 from ssl_lib.pretrain.run import MetricsLog, StoreDataModule, resolve_device_options
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,21 @@ def test_loader_pins_memory_and_keeps_workers():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_pretrain_bf16_mixed_on_cpu_two_steps(store, tmp_path, method, monkeypatch):
+    if method != "swav":
+        return bf16_two_steps(store, tmp_path, method, monkeypatch)
+    # SwAV once gave a NaN loss at step 2 in about half of the full-suite runs and never alone (root
+    # cause open: state left by an earlier test in the same interpreter). The study runs every step in
+    # a fresh process, so the check runs in one: the same assertions, no state from other tests.
+    code = ("import sys; from pathlib import Path; from _pytest.monkeypatch import MonkeyPatch\n"
+            "from ssl_lib.data.store import SliceStore; import tests.test_gpu_path as t\n"
+            "t.bf16_two_steps(SliceStore(Path(sys.argv[1])), Path(sys.argv[2]), 'swav', MonkeyPatch())")
+    run = subprocess.run([sys.executable, "-c", code, str(store.path), str(tmp_path)], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def bf16_two_steps(store, tmp_path, method, monkeypatch):
+    """Two bf16-mixed steps on the CPU: finite losses, the card says bf16, no host sync in the step."""
     counter = SyncCounter(monkeypatch)
 
     def counted(fn):
