@@ -91,7 +91,7 @@ def test_loader_pins_memory_and_keeps_workers():
 def test_pretrain_bf16_mixed_on_cpu_two_steps(store, tmp_path, method, monkeypatch):
     if method != "swav":
         return bf16_two_steps(store, tmp_path, method, monkeypatch)
-    # SwAV once gave a NaN loss at step 2 in about half of the full-suite runs and never alone (root
+    # SwAV gave a NaN loss at step 2 in two full-suite runs and never when run alone (root
     # cause open: state left by an earlier test in the same interpreter). The study runs every step in
     # a fresh process, so the check runs in one: the same assertions, no state from other tests.
     code = ("import sys; from pathlib import Path; from _pytest.monkeypatch import MonkeyPatch\n"
