@@ -257,12 +257,37 @@ def test_brain_dicom_labels_and_masks(src):
         assert mask.shape == hu.shape and set(np.unique(mask)) <= {0, 255}
         if int(label):
             assert mask.any()
-            brain = (hu > 15) & (hu < 45) & (mask == 0)
-            assert np.median(hu[mask > 0]) > np.median(hu[brain]) + 5
+            assert np.median(hu[mask > 0]) > _centre_hu(hu, mask) + 5
         else:
             assert not mask.any()
     assert all(1 <= len(v) <= 2 and len(set(v)) == 1 for v in per_patient.values())
     assert all(len(v) == 1 for v in ids.values())
+
+
+def _centre_hu(hu: np.ndarray, mask: np.ndarray) -> float:
+    """Median HU of the head's central box (brain parenchyma), lesion pixels left out."""
+    h, w = hu.shape
+    box = np.zeros(hu.shape, bool)
+    box[int(0.4 * h):int(0.6 * h), int(0.4 * w):int(0.6 * w)] = True
+    return float(np.median(hu[box & (mask == 0)]))
+
+
+def test_brain_overall_brightness_varies_in_both_classes(src):
+    """Every scan gets its own soft-tissue calibration offset (uniform in +-offset_hu), so how
+    bright a head is does not tell whether it bleeds: without it the parenchyma's median varies
+    by the grey/white matter draws only (about 6 HU)."""
+    with open(src.brain_labels, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    centre = {0: [], 1: []}
+    for rel, label in rows:
+        hu = _hu(pydicom.dcmread(src.brain / rel))
+        mask = np.asarray(Image.open(src.brain_masks / Path(rel).with_suffix(".png")))
+        centre[int(label)].append(_centre_hu(hu, mask))
+    offset = task_settings(synthetic_profile("smoke").difficulty)["brain"]["offset_hu"]
+    assert offset >= 15
+    for values in centre.values():
+        assert np.ptp(values) > offset  # each class spans more than half the offset range
+    assert task_settings(1.0)["brain"]["offset_hu"] > task_settings(0.0)["brain"]["offset_hu"] > 0
 
 
 # ------------------------------------------------------------------------------------------ phantom helpers, difficulty

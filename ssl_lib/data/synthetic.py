@@ -50,7 +50,7 @@ __all__ = ["SyntheticProfile", "SyntheticSources", "SyntheticError", "make_synth
            "task_settings", "task_difficulty", "chest_slice_hu", "body_slice_hu", "head_slice_hu", "ORGAN_CLASSES"]
 
 #: Bump when the generated content changes, so old folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "synthetic.json"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"       # Digital X-Ray Image Storage - For Presentation
 #: COVID-CT window (HU) before the 8-bit PNGs: -1250..250.
@@ -112,7 +112,9 @@ def task_settings(difficulty: float) -> dict:
     * organs: crop-centre jitter (fraction of the crop), crop margin around the organ, noise (HU),
       window centre shift (HU) and relative width change per crop, blur (pixels of the 56 px render
       before 2x2 averaging); organ HU also vary per patient.
-    * brain: blood excess over grey matter (HU), lesion size (field units), noise (HU).
+    * brain: blood excess over grey matter (HU), lesion size (field units), noise (HU) and the
+      per-scan calibration offset of all soft tissue (HU, both classes; uniform in +-``offset_hu``),
+      so that how bright a head is overall does not tell whether it bleeds.
     """
     d = float(difficulty)
     return {
@@ -121,7 +123,7 @@ def task_settings(difficulty: float) -> dict:
         "organs": {"jitter": 0.08 + 0.24 * d, "margin": (1.05, 1.2 + 1.2 * d), "noise_hu": (20 + 50 * d, 30 + 90 * d),
                    "window_shift_hu": 120 * d, "window_scale": 0.6 * d, "blur_px": 0.8 + 2.0 * d},
         "brain": {"blood_hu": (0.5 * (80 - 40 * d), 80 - 40 * d), "size": (0.06, 0.1 + 0.12 * (1 - d)),
-                  "noise_hu": (2 + 3 * d, 3 + 6 * d)},
+                  "noise_hu": (2 + 3 * d, 3 + 6 * d), "offset_hu": 8 + 24 * d},
     }
 
 
@@ -527,12 +529,14 @@ def _write_brain(t: SyntheticSources, prof: SyntheticProfile, seed: int, d: floa
         nums = np.sort(rng.choice(np.arange(1, 40), k, replace=False))
         date = f"{rng.integers(2015, 2023)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
         patient_id = f"{rng.integers(10**7, 10**8)}"
+        offset = float(rng.uniform(-cfg["offset_hu"], cfg["offset_hu"]))
         for j, (z, num) in enumerate(zip(zs, nums)):
             b = None
             if bleed is not None:
                 shrink = np.sqrt(max(0.3, 1 - ((z - zc) / 0.08) ** 2))
                 b = {**bleed, "size": bleed["size"] * shrink, "hu": head.grey_hu + blood}
             hu, masks = render_head(head, float(z), X, Y, b)
+            hu[(hu > -500) & (hu < 300)] += offset  # soft tissue and blood, not air or bone
             hu = finish(hu, rng, noise, blur_px=0.5)
             stored, rescale = _encode(hu, enc)
             sp = 230.0 / prof.brain_size
