@@ -169,6 +169,18 @@ def _explain(model, images, targets=None, *, mean=None, std=None, batch_size=32,
     return maps, tgt, prob, pred
 
 
+def _native_check(model, images, labels, targets, mean, std, batch_size, device) -> dict:
+    """Accuracy and mean probability of the explained classes ``targets`` on ``images`` at the
+    size the model was fine-tuned at (Grad-CAM then reads the enlarged images): how far the
+    enlargement moves the model's output. ``images`` uint8 ``(N, H, W)``."""
+    x = _as_input(images, mean, std)
+    model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([model(x[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(x), batch_size)])
+    prob = logits.softmax(1)[torch.arange(len(x)), torch.as_tensor(targets)].numpy()
+    return {"accuracy": float(np.mean(logits.argmax(1).numpy() == labels)), "mean_prob_target": float(prob.mean())}
+
+
 def gradcam_maps(model: torch.nn.Module, images, targets=None, *, mean: float | None = None,
                  std: float | None = None, batch_size: int = 32, target_layer: torch.nn.Module | None = None,
                  device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
@@ -231,15 +243,24 @@ class HeatMaps:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
 
     def summary(self) -> pd.DataFrame:
-        """Per method: images, accuracy, mean probability of the explained class, constant maps."""
+        """Per method: images, accuracy, mean probability of the explained class, constant maps.
+
+        When the images were enlarged for Grad-CAM, also the accuracy and mean probability at the
+        size the models were fine-tuned at (``..._fine_tuned_size``): where the two differ, the
+        maps explain a model that sees other input than it was trained on."""
         rows = []
+        native = self.meta.get("native", {})
         for init, m in self.maps.items():
-            rows.append({
+            row = {
                 "method": init_label(init), "n": len(m),
                 "accuracy": float(np.mean(self.preds[init] == self.labels)) if init in self.preds and len(m) else np.nan,
                 "mean_prob_target": float(np.mean(self.probs[init])) if init in self.probs and len(m) else np.nan,
                 "constant_maps": n_constant(m),
-            })
+            }
+            if native:
+                row["accuracy_fine_tuned_size"] = native.get(init, {}).get("accuracy", np.nan)
+                row["mean_prob_target_fine_tuned_size"] = native.get(init, {}).get("mean_prob_target", np.nan)
+            rows.append(row)
         return pd.DataFrame(rows)
 
     # -- cache ----------------------------------------------------------------------------------
@@ -395,7 +416,9 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         order = np.argsort(idx, kind="stable")
         masks = np.empty_like(images)
         masks[order] = store.masks[idx[order]]
+    native = None
     if input_size is not None and images.shape[-1] < input_size:
+        native = images  # the models were fine-tuned at the stored size: their predictions there, for comparison
         images, masks = enlarge(images, input_size), None if masks is None else enlarge(masks, input_size, nearest=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -408,6 +431,9 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         m, t, p, pr = _explain(model, images, tmode, mean=mean, std=std, batch_size=batch_size,
                                target_layer=getattr(model.backbone, stage)[-1], device=device, progress=progress)
         heat.maps[init], heat.targets[init], heat.probs[init], heat.preds[init] = m, t, p, pr
+        if native is not None:
+            heat.meta.setdefault("native", {})[init] = _native_check(model, native, labels, t, mean, std, batch_size,
+                                                                     device)
     if use_cache:
         heat.save(cache)
     return heat

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -258,7 +259,7 @@ def test_gradcam_for_a_cross_validated_task_uses_the_fold(tmp_path):
     assert explain.localisation_table(heat).empty
 
 
-def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study):
+def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_path):
     """The quick profile's setting: 64 px slices enlarged to 128 px, Grad-CAM on layer2 (16 x 16)."""
     coarse = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], use_cache=False)
     fine = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], use_cache=False, input_size=128,
@@ -270,6 +271,14 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study):
     # a 16 x 16 grid (upsampled) carries more distinct values per map than the 2 x 2 one
     distinct = lambda m: np.mean([len(np.unique(np.round(x, 4))) for x in m])  # noqa: E731
     assert distinct(fine.maps["spark"]) > distinct(coarse.maps["spark"])
+    # the enlargement's effect on the model's output is reported: at the fine-tuned size the
+    # numbers are those of Grad-CAM on the stored images (same model, same explained class)
+    at_size, native = fine.summary().iloc[0], coarse.summary().iloc[0]
+    assert at_size["mean_prob_target_fine_tuned_size"] == pytest.approx(native["mean_prob_target"], abs=1e-5)
+    assert at_size["accuracy_fine_tuned_size"] == pytest.approx(native["accuracy"])
+    assert "accuracy_fine_tuned_size" not in coarse.summary().columns
+    again = explain.HeatMaps.load(fine.save(tmp_path / "fine.npz"))
+    pd.testing.assert_frame_equal(again.summary(), fine.summary())
     quick = explain_profile("quick")
     assert quick.input_size >= 128 and quick.stage == "layer2"
     with pytest.raises(explain.ExplainError, match="stage"):

@@ -298,7 +298,7 @@ from ssl_lib import explain, explain_figures
         ('md', """
 ## Heat maps of every method on the same test images
 
-For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below).
+For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below). Where the images are enlarged for Grad-CAM (the quick profile: 64 px slices shown at 128 px), the last two columns give the same accuracy and probability at the size the models were fine-tuned at: where they differ from the first two, the enlarged input moves the model's output, and its maps explain a model that sees other images than it was trained on.
 """),
         ('code', """
 result = explain.run_gradcam(output_dir, task, fraction, run_seed, profile=profile, fold=fold)
