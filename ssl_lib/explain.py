@@ -246,8 +246,8 @@ class HeatMaps:
         """Per method: images, accuracy, mean probability of the explained class, constant maps.
 
         When the images were enlarged for Grad-CAM, also the accuracy and mean probability at the
-        size the models were fine-tuned at (``..._fine_tuned_size``): where the two differ, the
-        maps explain a model that sees other input than it was trained on."""
+        size ``S`` the models were fine-tuned at (``accuracy_{S}px``, ``mean_prob_target_{S}px``):
+        where the two differ, the maps explain a model that sees other input than it was trained on."""
         rows = []
         native = self.meta.get("native", {})
         for init, m in self.maps.items():
@@ -258,8 +258,9 @@ class HeatMaps:
                 "constant_maps": n_constant(m),
             }
             if native:
-                row["accuracy_fine_tuned_size"] = native.get(init, {}).get("accuracy", np.nan)
-                row["mean_prob_target_fine_tuned_size"] = native.get(init, {}).get("mean_prob_target", np.nan)
+                size = self.meta.get("fine_tuned_size", "?")
+                row[f"accuracy_{size}px"] = native.get(init, {}).get("accuracy", np.nan)
+                row[f"mean_prob_target_{size}px"] = native.get(init, {}).get("mean_prob_target", np.nan)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -419,6 +420,7 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     native = None
     if input_size is not None and images.shape[-1] < input_size:
         native = images  # the models were fine-tuned at the stored size: their predictions there, for comparison
+        meta["fine_tuned_size"] = int(native.shape[-1])
         images, masks = enlarge(images, input_size), None if masks is None else enlarge(masks, input_size, nearest=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

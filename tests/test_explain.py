@@ -274,9 +274,9 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_pa
     # the enlargement's effect on the model's output is reported: at the fine-tuned size the
     # numbers are those of Grad-CAM on the stored images (same model, same explained class)
     at_size, native = fine.summary().iloc[0], coarse.summary().iloc[0]
-    assert at_size["mean_prob_target_fine_tuned_size"] == pytest.approx(native["mean_prob_target"], abs=1e-5)
-    assert at_size["accuracy_fine_tuned_size"] == pytest.approx(native["accuracy"])
-    assert "accuracy_fine_tuned_size" not in coarse.summary().columns
+    assert at_size[f"mean_prob_target_{SIZE}px"] == pytest.approx(native["mean_prob_target"], abs=1e-5)
+    assert at_size[f"accuracy_{SIZE}px"] == pytest.approx(native["accuracy"])
+    assert f"accuracy_{SIZE}px" not in coarse.summary().columns
     again = explain.HeatMaps.load(fine.save(tmp_path / "fine.npz"))
     pd.testing.assert_frame_equal(again.summary(), fine.summary())
     quick = explain_profile("quick")
