@@ -398,8 +398,10 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         idx = select_indices(store, split, max_images, seed)
     if len(idx) == 0:
         raise ExplainError(f"{store_dir}: no images to explain in split {split!r}")
+    enlarged = input_size is not None and store.image_size < input_size
     meta = {"fraction": float(fraction), "seed": int(seed), "fold": int(fold), "target": target,
-            "models": {i: _signature(f) for i, f in files.items()}, "input_size": input_size, "stage": stage}
+            "models": {i: _signature(f) for i, f in files.items()}, "input_size": input_size, "stage": stage,
+            "fine_tuned_size": store.image_size if enlarged else None}
     cache = cache_path(output_dir, task, fraction, seed, fold)
     if use_cache and cache.is_file():
         try:
@@ -418,9 +420,8 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         masks = np.empty_like(images)
         masks[order] = store.masks[idx[order]]
     native = None
-    if input_size is not None and images.shape[-1] < input_size:
+    if enlarged:
         native = images  # the models were fine-tuned at the stored size: their predictions there, for comparison
-        meta["fine_tuned_size"] = int(native.shape[-1])
         images, masks = enlarge(images, input_size), None if masks is None else enlarge(masks, input_size, nearest=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

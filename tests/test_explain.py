@@ -279,6 +279,12 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_pa
     assert f"accuracy_{SIZE}px" not in coarse.summary().columns
     again = explain.HeatMaps.load(fine.save(tmp_path / "fine.npz"))
     pd.testing.assert_frame_equal(again.summary(), fine.summary())
+    # a cache written before the size was recorded is not reused: its summary could not name it
+    cached = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], input_size=128, stage="layer2")
+    del cached.meta["fine_tuned_size"]
+    cached.save(explain.cache_path(study, "covid", 1.0, 0))
+    redone = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], input_size=128, stage="layer2")
+    assert redone.meta["fine_tuned_size"] == SIZE and f"accuracy_{SIZE}px" in redone.summary().columns
     quick = explain_profile("quick")
     assert quick.input_size >= 128 and quick.stage == "layer2"
     with pytest.raises(explain.ExplainError, match="stage"):
