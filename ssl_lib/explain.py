@@ -246,7 +246,7 @@ class HeatMaps:
         """Per method: images, accuracy, mean probability of the explained class, constant maps.
 
         When the images were enlarged for Grad-CAM, also the accuracy and mean probability at the
-        size ``S`` the models were fine-tuned at (``accuracy_{S}px``, ``mean_prob_target_{S}px``):
+        size ``S`` the models were fine-tuned at (``accuracy_{S}px``, ``prob_target_{S}px``):
         where the two differ, the maps explain a model that sees other input than it was trained on."""
         rows = []
         native = self.meta.get("native", {})
@@ -260,7 +260,7 @@ class HeatMaps:
             if native:
                 size = self.meta.get("fine_tuned_size", "?")
                 row[f"accuracy_{size}px"] = native.get(init, {}).get("accuracy", np.nan)
-                row[f"mean_prob_target_{size}px"] = native.get(init, {}).get("mean_prob_target", np.nan)
+                row[f"prob_target_{size}px"] = native.get(init, {}).get("mean_prob_target", np.nan)
             rows.append(row)
         return pd.DataFrame(rows)
 

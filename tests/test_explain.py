@@ -274,7 +274,7 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_pa
     # the enlargement's effect on the model's output is reported: at the fine-tuned size the
     # numbers are those of Grad-CAM on the stored images (same model, same explained class)
     at_size, native = fine.summary().iloc[0], coarse.summary().iloc[0]
-    assert at_size[f"mean_prob_target_{SIZE}px"] == pytest.approx(native["mean_prob_target"], abs=1e-5)
+    assert at_size[f"prob_target_{SIZE}px"] == pytest.approx(native["mean_prob_target"], abs=1e-5)
     assert at_size[f"accuracy_{SIZE}px"] == pytest.approx(native["accuracy"])
     assert f"accuracy_{SIZE}px" not in coarse.summary().columns
     again = explain.HeatMaps.load(fine.save(tmp_path / "fine.npz"))
