@@ -19,7 +19,7 @@ from ssl_lib import explain, explain_figures  # noqa: E402
 from ssl_lib.data.store import SliceRecord, write_store  # noqa: E402
 from ssl_lib.models.classifier import Classifier, save_classifier  # noqa: E402
 from ssl_lib.paths import StudyPaths  # noqa: E402
-from ssl_lib.profiles import explain_profile  # noqa: E402
+from ssl_lib.profiles import STAGE_STRIDES, explain_profile, get_profile  # noqa: E402
 
 SIZE = 64  # layer4 of a ResNet gives 2 x 2 at 64 px: the smallest size with a non-constant map
 
@@ -285,8 +285,9 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_pa
     cached.save(explain.cache_path(study, "covid", 1.0, 0))
     redone = explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["spark"], input_size=128, stage="layer2")
     assert redone.meta["fine_tuned_size"] == SIZE and f"accuracy_{SIZE}px" in redone.summary().columns
-    quick = explain_profile("quick")
-    assert quick.input_size >= 128 and quick.stage == "layer2"
+    # the quick profile explains its models at the size they were fine-tuned at, on a 16 x 16 grid
+    quick, fit_size = explain_profile("quick"), get_profile("quick").finetune.image_size
+    assert quick.input_size in (None, fit_size) and fit_size // STAGE_STRIDES[quick.stage] == 16
     with pytest.raises(explain.ExplainError, match="stage"):
         explain.gradcam_for_inits(study, "covid", 1.0, 0, stage="layer5", use_cache=False)
 

@@ -279,7 +279,7 @@ def gradcam() -> list[Cell]:
 
 Wolf et al. (2023) applied Grad-CAM (Selvaraju et al. 2017, via `pytorch-grad-cam`) to the COVID-19 test images with the fine-tuned model of each pre-training method (Figure 4) and compared the methods by the Pearson correlation between two methods' heat maps of the same image, averaged over the test set. They found low mean correlations (0.02–0.07): the methods focus on different regions, mostly inside the lung.
 
-This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the second, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises the lesion compared with heat maps that know nothing of the image.
+This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the first, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises the lesion compared with heat maps that know nothing of the image.
 """),
         ('params', """
 profile = "quick"  # smoke | quick | paper
@@ -298,7 +298,7 @@ from ssl_lib import explain, explain_figures
         ('md', """
 ## Heat maps of every method on the same test images
 
-For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below). Where the images are enlarged for Grad-CAM (the quick profile: 64 px slices shown at 128 px), the last two columns give the same accuracy and probability at the size the models were fine-tuned at (`accuracy_64px`, `prob_target_64px`): where they differ from the first two, the enlarged input moves the model's output, and its maps explain a model that sees other images than it was trained on.
+For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below). Where a profile enlarges the images for Grad-CAM (`input_size`; none of the shipped ones does), two more columns give the same accuracy and probability at the size the models were fine-tuned at (e.g. `accuracy_64px`, `prob_target_64px`): where they differ from the first two, the enlarged input moves the model's output, and its maps explain a model that sees other images than it was trained on.
 """),
         ('code', """
 result = explain.run_gradcam(output_dir, task, fraction, run_seed, profile=profile, fold=fold)
@@ -322,9 +322,9 @@ fig = explain_figures.plot_correlation(result.correlation)
         ('md', """
 Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no
 positive evidence for the explained class) has no defined correlation and nothing to place.
-The quick profile runs Grad-CAM on test images enlarged to 128 px at the second ResNet stage (a
-16 × 16 grid), because the last stage at its 64 px training size is a 2 × 2 grid that cannot point
-at a lesion, and a cell of the third stage's 8 × 8 grid is as large as a synthetic lesion.
+The quick profile runs Grad-CAM at the first ResNet stage (a 16 × 16 grid) on the test images at
+the 64 px its models were fine-tuned at: there the last stage is a 2 × 2 grid that cannot point at
+a lesion, and enlarged images put the models off their training size (see the methods page).
 """),
         ('code', 'result.dropped.round(3)'),
         ('md', """
