@@ -867,13 +867,15 @@ def run_study(output: str | os.PathLike, profile: str = "quick", steps: list[str
 
 
 class _interrupts_raise:
-    """SIGTERM raises :class:`StudyInterrupted` (as Ctrl-C raises KeyboardInterrupt) in the block."""
+    """SIGTERM raises :class:`StudyInterrupted` and Ctrl-C (SIGINT) KeyboardInterrupt in the block,
+    also where the runner was started with SIGINT ignored (a shell's background job: ``cmd &``)."""
 
     def __enter__(self):
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return self
 
     def __exit__(self, *exc):

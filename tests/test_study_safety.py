@@ -273,11 +273,13 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
-def _interrupt_and_resume(out: Path, driver: str, sig: int):
+def _interrupt_and_resume(out: Path, driver: str, sig: int, start_ignoring_sigint: bool = False):
     hold = out.parent / "hold"  # the steps wait while it exists
     hold.write_text("")
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if start_ignoring_sigint else None
     runner = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                              preexec_fn=ignore)
     ck = out / "pretrain" / "x" / "checkpoints"
     _wait_for(lambda: len(list((out / "grid").glob("worker-*"))) == 2 and list(ck.glob(".epoch_0002.ckpt.tmp-*")),
               "both steps to be mid-way")
@@ -307,6 +309,14 @@ def test_ctrl_c_stops_every_child_and_says_how_to_resume(interruptible):
     assert rc == 130 and "Traceback" not in err and left == []  # the runner tidied up at once
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert len(lines) == 1 and "Run the same command again to resume" in lines[0] and "stopped" in lines[0]
+
+
+def test_ctrl_c_stops_a_runner_started_with_sigint_ignored(interruptible):
+    """A shell's background job (``make study &`` in a script, ``nohup ... &``) starts with SIGINT
+    ignored; the runner still stops on it, as on Ctrl-C."""
+    out, driver = interruptible
+    rc, err, left = _interrupt_and_resume(out, driver, signal.SIGINT, start_ignoring_sigint=True)
+    assert rc == 130 and "Traceback" not in err and left == []
 
 
 def test_sigkill_leaves_no_process_and_the_next_run_cleans_up_and_resumes(interruptible):
