@@ -229,7 +229,7 @@ _EXPLAIN = {
 #: Output stride of each ResNet stage (the Grad-CAM grid is the input side over it).
 STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
-#: Rough needs per profile. quick: the whole study took 14 min on 2 CPU cores (see the reproduce
+#: Rough needs per profile. quick: the whole study took 10-14 min on 2 CPU cores (see the reproduce
 #: page); paper: a paper-profile pre-training filled 24 GB of host memory on a CPU-only machine.
 NEEDS = {
     "smoke": Needs(False, 1.5, "a few minutes on 2 CPU cores"),
