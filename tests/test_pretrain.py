@@ -118,6 +118,17 @@ def test_keep_all_checkpoints_keeps_every_epoch(store, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_config_built_directly_checks_keep_checkpoints():
+    from ssl_lib.pretrain import PretrainConfig
+    from ssl_lib.pretrain.mocov2 import MoCoConfig
+
+    with pytest.raises(PretrainError, match="keep_checkpoints"):
+        MoCoConfig(keep_checkpoints="some")
+    with pytest.raises(PretrainError, match="keep_checkpoints"):
+        PretrainConfig.from_dict({"keep_checkpoints": "every"})
+    assert MoCoConfig(keep_checkpoints="all").keep_checkpoints == "all"
+
+
 def test_moco_queue_is_checkpointed(runs):
     state = torch.load(runs["mocov2"].checkpoints / "last.ckpt", weights_only=False)["state_dict"]
     assert state["queue"].shape == (16, 64) and "queue_ptr" in state

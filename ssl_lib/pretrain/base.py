@@ -49,6 +49,10 @@ class PretrainError(SslCtError, ValueError):
     """Bad pre-training input (unknown method/profile, store too small, ...)."""
 
 
+#: What ``PretrainConfig.keep_checkpoints`` may be.
+KEEP_CHECKPOINTS = ("last", "all")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings shared by all methods (sizes in pixels; ``batch_size`` per device).
@@ -94,6 +98,10 @@ class PretrainConfig:
     num_workers: int | None = None
     pin_memory: bool | None = None
     keep_checkpoints: str = "last"
+
+    def __post_init__(self):
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise PretrainError(f"keep_checkpoints must be one of {KEEP_CHECKPOINTS}, got {self.keep_checkpoints!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
