@@ -1,10 +1,17 @@
-"""The study's Jupyter kernel: IPython's kernel without its "TCP without encryption" warning.
+"""The study's Jupyter kernel: IPython's kernel without two log records that are noise.
 
-ipykernel logs ``Kernel is running over TCP without encryption ...`` to the terminal each time a
-kernel starts on a local TCP socket (every notebook of a study run, every notebook opened in
-JupyterLab). On one machine, talking to 127.0.0.1, the warning is noise; this launcher drops
-that one record (a :class:`logging.Filter` on the kernel application's logger) and leaves every
-other message alone. The kernel spec ``ssl_lib/jupyter/kernels/python3/kernel.json`` runs it; the
+- ipykernel logs ``Kernel is running over TCP without encryption ...`` to the terminal each time
+  a kernel starts on a local TCP socket (every notebook of a study run, every notebook opened in
+  JupyterLab). On one machine, talking to 127.0.0.1, the warning says nothing.
+- ``KeyboardInterrupt caught in kernel.``: jupyter_client's ``shutdown_kernel`` interrupts the
+  kernel (SIGINT) before asking it to shut down, and when that interrupt lands while the kernel
+  is still handling a message (not running a cell), ipykernel logs this error and carries on.
+  Papermill shuts the kernel down after every notebook of a study run, so the line appeared
+  among a run's progress now and then, after a step that had finished normally. An interrupt
+  of a running cell is not affected: it ends the cell with its KeyboardInterrupt traceback.
+
+This launcher drops those records (a :class:`logging.Filter` on the kernel application's
+logger) and leaves every other message alone. The kernel spec ``ssl_lib/jupyter/kernels/python3/kernel.json`` runs it; the
 study runner and ``make lab`` put ``ssl_lib/jupyter`` on ``JUPYTER_PATH`` (:func:`jupyter_env`).
 """
 
@@ -16,15 +23,19 @@ from pathlib import Path
 
 #: Folder with ``kernels/python3/kernel.json`` (an entry for ``JUPYTER_PATH``).
 JUPYTER_DIR = Path(__file__).resolve().parent / "jupyter"
-#: The one message this kernel drops (ipykernel.kernelapp.IPKernelApp.init_sockets).
+#: The messages this kernel drops: ipykernel.kernelapp.IPKernelApp.init_sockets, and
+#: ipykernel.kernelbase.Kernel.dispatch_shell on an interrupt between cells (kernel shutdown).
 TCP_WARNING = "Kernel is running over TCP without encryption"
+SHUTDOWN_INTERRUPT = "KeyboardInterrupt caught in kernel"
+DROPPED = (TCP_WARNING, SHUTDOWN_INTERRUPT)
 
 
-class DropTcpWarning(logging.Filter):
-    """Drops the kernel's TCP-without-encryption warning; passes everything else."""
+class DropNoise(logging.Filter):
+    """Drops the kernel's log records that contain one of :data:`DROPPED`; passes everything else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return TCP_WARNING not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in DROPPED)
 
 
 def jupyter_env(env: dict | None = None) -> dict:
@@ -36,11 +47,11 @@ def jupyter_env(env: dict | None = None) -> dict:
 
 
 def main() -> None:
-    """Start an IPython kernel (the arguments of ``python -m ipykernel_launcher``) with the filter."""
+    """Start an IPython kernel (the arguments of ``python -m ipykernel_launcher``) with :class:`DropNoise`."""
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
-    app.log.addFilter(DropTcpWarning())
+    app.log.addFilter(DropNoise())
     app.initialize()
     app.start()
 
