@@ -612,12 +612,29 @@ def execute_notebook(template: str, out_nb: str, error_file: str, params: dict, 
             redact_notebook(error_file, secrets)
 
 
+#: What nbclient raises when the kernel process ends before it answers (nothing has run yet).
+KERNEL_START_FAILED = "Kernel died before replying to kernel_info"
+#: Kernel starts one step tries. jupyter_client picks the kernel's free TCP ports in the step's
+#: process and the kernel binds them a moment later; a step started beside it can take one in
+#: between, and the kernel then dies with "Address already in use" (seen once in a CI run of the
+#: interrupt tests, where two steps start together). A fresh start picks fresh ports.
+KERNEL_START_TRIES = 3
+
+
 def _execute(template: str, out_nb: str, error_file: str, params: dict, log_output: bool) -> int:
     import papermill as pm
 
     try:
-        pm.execute_notebook(template, out_nb, parameters=params, cwd=str(REPO), kernel_name="python3",
-                            progress_bar=False, log_output=log_output)
+        for attempt in range(1, KERNEL_START_TRIES + 1):
+            try:
+                pm.execute_notebook(template, out_nb, parameters=params, cwd=str(REPO), kernel_name="python3",
+                                    progress_bar=False, log_output=log_output)
+                break
+            except RuntimeError as err:
+                if KERNEL_START_FAILED not in str(err) or attempt == KERNEL_START_TRIES:
+                    raise
+                print(f"the kernel ended before it started ({KERNEL_START_FAILED.lower()}); starting it again "
+                      f"({attempt + 1} of {KERNEL_START_TRIES})", file=sys.stderr, flush=True)
     except pm.PapermillExecutionError as err:
         Path(error_file).write_text(json.dumps({"exec_count": err.exec_count, "ename": err.ename,
                                                 "evalue": str(err.evalue)}))

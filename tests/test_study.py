@@ -191,3 +191,41 @@ def test_each_step_has_a_fixed_thread_count():
     for cpus in (1, 2, 16):
         for s in study.STEPS:
             assert study.step_threads(s, cpus) == (max(1, cpus // 2) if s.name.startswith("pretrain") else cpus)
+
+
+FLAKY_KERNEL = """
+import pathlib, sys
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text() or 0) + 1 if count.exists() else 1
+count.write_text(str(n))
+if n <= int(sys.argv[2]):
+    sys.exit(1)  # as a kernel whose port was taken: it ends before it answers
+from ipykernel.kernelapp import launch_new_instance
+sys.argv = [sys.argv[0], *sys.argv[3:]]
+launch_new_instance()
+"""
+
+
+@pytest.mark.parametrize("failures, expected", [(1, 0), (study.KERNEL_START_TRIES, 1)])
+def test_a_kernel_that_ends_before_it_starts_is_started_again(tmp_path, monkeypatch, failures, expected):
+    """A step's kernel that ends before answering (in CI: its TCP port taken by a step started
+    beside it) is started again, up to KERNEL_START_TRIES times; then the step fails with the error."""
+    import json
+    import sys
+
+    launcher, count = tmp_path / "flaky_kernel.py", tmp_path / "launches"
+    launcher.write_text(FLAKY_KERNEL)
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(launcher), str(count), str(failures), "-f", "{connection_file}"],
+        "display_name": "flaky", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    nb, out, err = tmp_path / "step.ipynb", tmp_path / "out.ipynb", tmp_path / "error.json"
+    write_notebook(nb, [("params", "output_dir = 'x'"), ("code", "print('ran')")])
+    assert study._execute(str(nb), str(out), str(err), {}, False) == expected
+    if expected == 0:
+        assert int(count.read_text()) == 2 and "ran" in out.read_text() and not err.exists()
+    else:
+        assert int(count.read_text()) == study.KERNEL_START_TRIES
+        assert study.KERNEL_START_FAILED in json.loads(err.read_text())["error"]
