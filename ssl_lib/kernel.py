@@ -11,8 +11,9 @@
   of a running cell is not affected: it ends the cell with its KeyboardInterrupt traceback.
 
 This launcher drops those records (a :class:`logging.Filter` on the kernel application's
-logger) and leaves every other message alone. The kernel spec ``ssl_lib/jupyter/kernels/python3/kernel.json`` runs it; the
-study runner and ``make lab`` put ``ssl_lib/jupyter`` on ``JUPYTER_PATH`` (:func:`jupyter_env`).
+logger) and leaves every other message alone. The kernel spec
+``ssl_lib/jupyter/kernels/python3/kernel.json`` runs it; the study runner and ``make lab`` put
+``ssl_lib/jupyter`` on ``JUPYTER_PATH`` (:func:`jupyter_env`).
 """
 
 from __future__ import annotations
