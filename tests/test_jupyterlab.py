@@ -98,7 +98,7 @@ with open(err, "w") as fh:
     while not flag.exists() and time.monotonic() - t0 < 60:
         time.sleep(0.05)
     km.interrupt_kernel()
-    time.sleep(1.0)
+    kc.kernel_info(reply=True, timeout=60)  # answered after the interrupted handler: its log is written
     kc.stop_channels()
     km.shutdown_kernel(now=True)
 print(err.read_text())
