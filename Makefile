@@ -18,6 +18,11 @@ PROFILE ?= quick
 OUT ?= outputs/$(PROFILE)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# The book's repository and launch buttons link to REPO_URL (e.g. make publish REPO_URL=https://github.com/me/ssl-ct);
+# without it, to the clone's GitHub `origin` if it has one, else there are no such buttons (ssl_lib/book_config.py).
+ifdef REPO_URL
+export SSL_CT_REPO_URL := $(REPO_URL)
+endif
 
 .PHONY: study book test install lab publish clean notebooks
 

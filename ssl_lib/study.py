@@ -668,6 +668,8 @@ def stage_book(paths: StudyPaths) -> Path:
     """
     import pandas as pd
 
+    from .book_config import write_staged_config
+    from .book_values import book_values
     from .present import synthetic_notice
     from .templates import toc_text
 
@@ -699,6 +701,7 @@ def stage_book(paths: StudyPaths) -> Path:
                                    stage / "notebooks" / executed.name, paths, notice if executed.exists() else "")
     if paths.timings.exists():
         _append_timings(stage / "book" / "reproduce.md", pd.read_csv(paths.timings))
+    write_staged_config(stage / "_config.yml", book_values(paths.root), REPO)
     return stage
 
 

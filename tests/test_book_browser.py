@@ -182,11 +182,32 @@ def test_pretraining_pages_keep_the_table_and_the_loss_curve(book):
         assert "<img" in loss[:loss.find("<section", 10)] and "<table" in page, name
 
 
-def test_launch_buttons_and_download_are_in_the_page(book):
+def test_methods_page_quotes_this_studys_numbers(book):
+    """The hand-written pages' {{ name }} substitutions are filled from this build's outputs."""
+    from ssl_lib.book_values import finetune_counts
+    from ssl_lib.runs import load_results
+
+    page = " ".join((book / "book" / "methods.html").read_text().split())
+    assert "{{" not in page and "not run yet" not in page
+    counts = finetune_counts(load_results(book.parents[2]))  # <output>/book/_build/html
+    assert f"in {counts['ft_full_epoch_runs']} of the {counts['ft_runs']} fine-tuning runs" in page
+
+
+def test_no_page_links_to_a_placeholder_and_download_stays(book):
+    """Launch and repository buttons only with a real repository address (none in a test build)."""
+    from ssl_lib.book_config import repository_url
+
+    url = repository_url(study.REPO)
+    for name in pages(book):
+        page = (book / name).read_text()
+        for host in ("your-org", "example.org", "example.com"):
+            assert host not in page, f"{name} links to a placeholder ({host})"
+        if url is None:
+            assert "mybinder.org" not in page and "colab.research.google.com" not in page, name
     page = (book / "notebooks" / "06_finetune.html").read_text()
-    for host in ("mybinder.org", "colab.research.google.com", "jupyterhub"):
-        assert host in page, f"no {host} launch button"
     assert ".ipynb" in page  # the download button
+    if url is not None:
+        assert url in page and "mybinder.org" in page
 
 
 def shown_src(viewer) -> str:

@@ -47,9 +47,40 @@ def test_pages_workflow_runs_the_same_build():
     assert "ghp-import" in dry and "outputs/quick/book/_build/html" in dry
 
 
-def test_config_has_the_launch_buttons_and_repository_to_fill_in():
+def test_links_come_from_the_repository_address_or_are_not_shown():
+    from ssl_lib.book_config import github_url, repository_url, staged_config
+
     config = yaml.safe_load((REPO / "_config.yml").read_text())
-    assert config["repository"]["url"].startswith("https://")
-    buttons = config["launch_buttons"]
-    assert buttons["binderhub_url"] and buttons["colab_url"] and "jupyterhub_url" in buttons
-    assert config["html"]["use_repository_button"] is True
+    text = (REPO / "_config.yml").read_text()
+    assert "your-org" not in text and "example.org" not in text  # no placeholder to fill in
+    linked = staged_config(config, {}, "https://github.com/me/ssl-ct", "https://hub.me.org")
+    assert linked["repository"]["url"] == "https://github.com/me/ssl-ct"
+    assert linked["html"]["use_repository_button"] is True
+    assert linked["launch_buttons"]["binderhub_url"] and linked["launch_buttons"]["colab_url"]
+    assert linked["launch_buttons"]["jupyterhub_url"] == "https://hub.me.org"
+    bare = staged_config(config, {"x": "1"}, None)
+    assert "url" not in bare["repository"] and bare["html"]["use_repository_button"] is False
+    assert bare["launch_buttons"]["binderhub_url"] == bare["launch_buttons"]["colab_url"] == ""
+    assert bare["launch_buttons"]["jupyterhub_url"] == ""
+    assert bare["html"]["use_download_button"] is True and bare["parse"]["myst_substitutions"] == {"x": "1"}
+    assert github_url("git@github.com:me/ssl-ct.git") == github_url("https://github.com/me/ssl-ct") \
+        == "https://github.com/me/ssl-ct"
+    assert github_url("/srv/git/ssl-ct.git") is None and github_url("https://gitlab.com/me/x") is None
+    assert repository_url(None, {"SSL_CT_REPO_URL": "https://github.com/a/b/"}) == "https://github.com/a/b"
+    assert repository_url(None, {"GITHUB_REPOSITORY": "a/c"}) == "https://github.com/a/c"
+    assert repository_url(None, {}) is None
+
+
+def test_repository_address_from_the_origin_remote(tmp_path):
+    from ssl_lib.book_config import repository_url
+
+    git("init", "-q", cwd=tmp_path)
+    assert repository_url(tmp_path, {}) is None  # no remote: no links
+    git("remote", "add", "origin", "git@github.com:me/ssl-ct.git", cwd=tmp_path)
+    assert repository_url(tmp_path, {}) == "https://github.com/me/ssl-ct"
+
+
+def test_make_passes_repo_url_to_the_build():
+    dry = subprocess.run(["make", "-n", "-p", "study", "REPO_URL=https://github.com/me/x"], cwd=REPO,
+                         capture_output=True, text=True).stdout
+    assert "SSL_CT_REPO_URL := https://github.com/me/x" in dry
