@@ -211,8 +211,9 @@ def is_user_task(task: str | TaskSpec) -> bool:
 
 
 def save_study_tasks(output_dir: str | os.PathLike, specs: Sequence[TaskSpec]) -> Path:
-    """Write the study's task list to ``<output>/tasks.json`` (names, kinds, classes, splits: no sources)."""
-    path = Path(output_dir) / TASKS_FILE
+    """Write the study's task list to ``<output>/tasks.json`` (names, kinds, classes, splits: no sources);
+    a relative ``output_dir`` is the repository's, as every path of the study (:class:`StudyPaths`)."""
+    path = StudyPaths(output_dir).root / TASKS_FILE
     rows = [{"name": s.name, "kind": s.kind, "class_names": list(s.class_names), "positive_class": s.positive_class,
              "split": s.split, "reader": s.reader, "fractions": list(s.fractions), "paper": s.name in TASKS}
             for s in specs]
@@ -221,7 +222,7 @@ def save_study_tasks(output_dir: str | os.PathLike, specs: Sequence[TaskSpec]) -
 
 def use_study_tasks(output_dir: str | os.PathLike) -> list[str]:
     """Register the study's tasks (``<output>/tasks.json``; absent: the paper's) and return their names in order."""
-    path = Path(output_dir) / TASKS_FILE
+    path = StudyPaths(output_dir).root / TASKS_FILE
     if not path.is_file():
         return list(TASKS)
     names = []

@@ -77,3 +77,19 @@ def test_user_task_default_fractions_in_a_profile():
     quick = ft.get_profile("quick")
     assert quick.fractions_for("covid") == tuple(quick.fractions["covid"])  # paper tasks: the profile's own
     assert tasks.order_tasks(["fracture", "brain", "covid"]) == ["covid", "brain", "fracture"]
+
+
+def test_task_list_resolves_a_relative_output_against_the_repository(tmp_path, monkeypatch):
+    """A notebook in JupyterLab runs in notebooks/: the study's tasks.json is still the study's."""
+    import ssl_lib.paths
+    from ssl_lib.tasks import TaskSpec, save_study_tasks, use_study_tasks
+
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    monkeypatch.setattr(ssl_lib.paths, "REPO", repo)
+    monkeypatch.chdir(repo / "notebooks")
+    spec = TaskSpec("liverx", "liverx", "binary", ("no", "yes"), 1, "cv", seed_f1="same", reader="folder")
+    written = save_study_tasks("outputs/quick", [spec])
+    assert written == repo / "outputs" / "quick" / "tasks.json"
+    assert not list((repo / "notebooks").rglob("*"))  # nothing under notebooks/
+    assert use_study_tasks("outputs/quick") == ["liverx"]
