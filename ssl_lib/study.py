@@ -748,11 +748,16 @@ def _copy_without_widget_state(src: Path, dst: Path, paths: StudyPaths | None = 
       The notebooks' browsers show pre-rendered frames in batch runs (:mod:`ssl_lib.viewer`).
     * absolute paths (the output folder, the repository, the home folder) become relative ones
       in sources, outputs and metadata (papermill's injected ``output_dir`` among them).
+    * one parameters block: the template's and papermill's parameter cells are kept for the
+      download but not shown; a table of the values this run used stands in their place
+      (:func:`ssl_lib.book_params.one_parameters_block`).
     * ``notice`` (Markdown), if any, goes right under the page's title.
     """
     import re
 
     import nbformat
+
+    from .book_params import one_parameters_block
 
     nb = nbformat.read(src, as_version=4)
     nb.metadata.pop("widgets", None)
@@ -764,6 +769,7 @@ def _copy_without_widget_state(src: Path, dst: Path, paths: StudyPaths | None = 
     table = dict(_path_replacements(paths))
     pattern = re.compile("(?<![A-Za-z0-9+/=_.-])(?:" + "|".join(re.escape(a) for a in table) + ")(?![A-Za-z0-9+=_.-])")
     nb = nbformat.from_dict(_strip_paths(dict(nb), pattern, table))
+    one_parameters_block(nb)
     if notice:
         at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("# ") else 0
         cell = nbformat.v4.new_markdown_cell(notice)
