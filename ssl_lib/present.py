@@ -54,7 +54,8 @@ def synthetic_notice(output_dir: str | os.PathLike) -> str:
     listed = ", ".join(SOURCE_NAMES.get(n, n) for n in names)
     return ("```{admonition} Synthetic data\n:class: warning\n"
             f"The numbers on this page come from the built-in **synthetic** CT data for: {listed}. "
-            "They test the pipeline; they say nothing about the paper's claims.\n```")
+            "They test the pipeline; they say nothing about the paper's claims. "
+            "To run it on real data, see {doc}`../book/real_data`.\n```")
 
 
 # ----------------------------------------------------------------------------- verdicts

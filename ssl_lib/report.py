@@ -92,13 +92,38 @@ def is_synthetic(output_dir_or_results: str | os.PathLike | pd.DataFrame) -> boo
     return is_synthetic(res) if len(res) else False
 
 
+def synthetic_tasks(output_dir_or_results) -> list[str]:
+    """The tasks (display names, in table order) whose result rows came from a synthetic store."""
+    res = output_dir_or_results if isinstance(output_dir_or_results, pd.DataFrame) \
+        else runs.read_results(output_dir_or_results)
+    if res.empty or "synthetic" not in res:
+        return []
+    synthetic = res[res["synthetic"].astype(str).str.lower().eq("true")]
+    return [TASK_LABELS.get(t, t) for t in dict.fromkeys(synthetic["task"])]
+
+
+#: Where a reader learns to run the study on real data (relative to a notebook page of the book).
+REAL_DATA_PAGE = "../book/real_data.html"
+
+
 def synthetic_banner(output_dir_or_results) -> str:
-    """An HTML banner to show on top of every results page built from synthetic data ('' if real)."""
-    if not is_synthetic(output_dir_or_results):
+    """An HTML banner for the top of a results page with synthetic rows ('' if every row is real).
+
+    It names the synthetic tasks, says that the others are real where there are others, and links
+    to the book's "Run it on real data" page.
+    """
+    res = output_dir_or_results if isinstance(output_dir_or_results, pd.DataFrame) \
+        else runs.read_results(output_dir_or_results)
+    names = synthetic_tasks(res)
+    if not names:
         return ""
+    real = [TASK_LABELS.get(t, t) for t in dict.fromkeys(res["task"]) if TASK_LABELS.get(t, t) not in names]
+    which = ("every task on this page" if not real else
+             f"{', '.join(names)} (the results for {', '.join(real)} come from real data)")
     return ('<div style="border:3px solid #c00;background:#fee;padding:8px;font-weight:bold">'
-            "SYNTHETIC DATA: these numbers come from the built-in synthetic CT data set and a reduced "
-            "profile. They test the pipeline; they say nothing about the paper's claims.</div>")
+            f"SYNTHETIC DATA for {which}: these numbers come from the built-in synthetic CT data set. "
+            "They test the pipeline; they say nothing about the paper's claims. "
+            f'<a href="{REAL_DATA_PAGE}">Run it on real data</a>.</div>')
 
 
 # ----------------------------------------------------------------------------- Table 2

@@ -61,6 +61,7 @@ def _prose(text: str) -> str:
     text = re.sub(r"\$\$.*?\$\$", "", text, flags=re.S)
     text = re.sub(r"`[^`\n]*`", "", text)
     text = re.sub(r"\$[^$\n]*\$", "", text)
+    text = re.sub(r"\]\([^)\s]*\)|https?://\S+|doi:\S+", "", text)  # addresses and DOIs
     return _SUBST.sub("SUBST", text)
 
 

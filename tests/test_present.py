@@ -29,6 +29,7 @@ def test_synthetic_notice_names_the_synthetic_sources(tmp_path):
     assert present.synthetic_sources(tmp_path) == ["lidc", "brain"]
     note = present.synthetic_notice(tmp_path)
     assert "LIDC-IDRI" in note and "Brain CT" in note and "COVID" not in note and ":class: warning" in note
+    assert "{doc}`../book/real_data`" in note  # every banner links to the real-data page
     (tmp_path / "stores" / "brain" / "meta.json").write_text("{broken")
     with pytest.raises(ValueError, match="brain"):
         present.synthetic_sources(tmp_path)

@@ -60,7 +60,13 @@ def test_figure5_panels():
 
 def test_synthetic_banner(tmp_path):
     assert "SYNTHETIC" in report.synthetic_banner(fake_results(True))
+    assert "every task on this page" in report.synthetic_banner(fake_results(True))
+    assert report.REAL_DATA_PAGE in report.synthetic_banner(fake_results(True))
     assert report.synthetic_banner(fake_results(False)) == ""
+    mixed = pd.concat([fake_results(True).assign(task="organs"), fake_results(False).assign(task="covid")])
+    banner = report.synthetic_banner(mixed)
+    assert report.synthetic_tasks(mixed) == ["OrgMNIST"]
+    assert "SYNTHETIC DATA for OrgMNIST (the results for COVID-19 come from real data)" in banner
     append_result(StudyPaths(tmp_path).results, dict(fake_results(True).iloc[0]))
     assert report.is_synthetic(tmp_path)
     assert list(report.load_results(tmp_path).columns) == RESULT_COLUMNS

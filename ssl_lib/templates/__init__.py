@@ -71,7 +71,7 @@ def toc_text(pretrain_pages) -> str:
             "      - file: notebooks/07_reduction\n"
             "  - caption: Where the models look\n    chapters:\n      - file: notebooks/08_gradcam\n"
             "  - caption: Results\n    chapters:\n      - file: notebooks/09_results\n"
-            "  - caption: Using it\n    chapters:\n      - file: book/reproduce\n")
+            "  - caption: Using it\n    chapters:\n      - file: book/real_data\n      - file: book/reproduce\n")
 
 
 def materialize(spec, index: int) -> Path:
