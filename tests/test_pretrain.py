@@ -190,3 +190,18 @@ def test_previews(store, runs, monkeypatch):
     monkeypatch.setenv("SSL_CT_BATCH", "1")  # the study runner's kernels: pre-rendered frames for the book
     page = view_browser(views).data
     assert "sslct-viewer" in page and page.count("<img data-key=") == len(images)
+
+
+def test_run_size_sits_beside_the_papers_table1_without_raw_dtypes():
+    from types import SimpleNamespace
+
+    from ssl_lib.pretrain.present import run_size
+
+    result = SimpleNamespace(trainable_params=11_357_888, peak_memory_mb=1155.06, wall_time_s=15.7, epochs_done=2,
+                             global_step=8)
+    table = run_size(result, "byol")
+    assert list(table.columns) == ["this run", "paper (Table 1)"]
+    assert table.loc["trainable parameters (M)"].tolist() == ["11.4", "70.1"]
+    assert table.loc["peak memory (GB)", "paper (Table 1)"] == "14.4"
+    assert table.loc["steps", "paper (Table 1)"] == "—"
+    assert "dtype" not in table.to_string()

@@ -18,7 +18,7 @@ from .base import PretrainError, PretrainModule
 from .registry import build_module, get_method, method_names
 from .run import count_parameters
 
-__all__ = ["param_table", "plot_views", "preview", "view_browser"]
+__all__ = ["param_table", "plot_views", "preview", "run_size", "view_browser"]
 
 
 def param_table(profile: str = "paper", methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -46,6 +46,25 @@ def param_table(profile: str = "paper", methods: Sequence[str] | None = None) ->
                      "paper": get_method(method).paper.get("params_m", np.nan)})
         del module
     return pd.DataFrame(rows).set_index("method").round(2)
+
+
+def run_size(result, method: str) -> pd.DataFrame:
+    """One pre-training run's size beside the paper's Table 1 (one RTX 3090, ResNet-50, 900 epochs).
+
+    ``result``: a :class:`~ssl_lib.pretrain.run.PretrainResult`. Rows: trainable parameters (M),
+    peak memory (GB: GPU memory on a GPU, the process's peak RSS on a CPU), wall time (hours),
+    epochs and steps; columns ``this run`` and ``paper (Table 1)`` (formatted text: no raw
+    pandas dtypes on the page).
+    """
+    paper = get_method(method).paper
+    rows = [("trainable parameters (M)", f"{result.trainable_params / 1e6:.1f}", paper.get("params_m")),
+            ("peak memory (GB)", f"{result.peak_memory_mb / 1024:.2f}", paper.get("gpu_memory_gb")),
+            ("wall time (h)", f"{result.wall_time_s / 3600:.3f}", paper.get("hours")),
+            ("epochs", f"{result.epochs_done}", 900),
+            ("steps", f"{result.global_step}", None)]
+    return pd.DataFrame({"this run": [r[1] for r in rows],
+                         "paper (Table 1)": ["—" if r[2] is None else f"{r[2]:g}" for r in rows]},
+                        index=pd.Index([r[0] for r in rows], name="quantity"))
 
 
 def preview(method_or_module: str | PretrainModule, images: torch.Tensor | np.ndarray, *, profile: str = "quick",

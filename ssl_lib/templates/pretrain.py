@@ -62,7 +62,7 @@ from ssl_lib.paths import StudyPaths
 paths = StudyPaths(output_dir)
 slices = SliceStore(store or paths.store("lidc"))
 config = pt.get_config("{m}", profile, epochs=epochs, batch_size=batch_size)
-pd.Series(vars(config), name="value").to_frame()
+pd.Series({{k: str(v) for k, v in vars(config).items()}}, name="value").to_frame()
 """, "settings"),
     ]
     if not own_preview:
@@ -110,12 +110,10 @@ ax.set(title="{label} pre-training loss", xlabel="step", ylabel="loss");
         ("md", "## Size (paper Table 1)\n\nTrainable parameters at the paper's sizes (ResNet50), in millions, next to "
                f"the paper's count. {note}", "size-md"),
         ("code", f'pt.param_table("paper", methods=["{m}"])', "size"),
-        ("md", "This run at this profile's size: trainable parameters, wall time and peak memory (GPU memory on a "
-               "GPU, the process's peak RSS on a CPU).", "run-size-md"),
-        ("code", """
-pd.Series({"trainable params (M)": result.trainable_params / 1e6, "wall time (s)": result.wall_time_s,
-           "peak memory (MiB)": result.peak_memory_mb, "epochs": result.epochs_done, "steps": result.global_step})
-""", "run-size"),
+        ("md", "This run at this profile's size beside the paper's Table 1 (ResNet50, 900 epochs on one RTX 3090): "
+               "trainable parameters, peak memory (GPU memory on a GPU, the process's peak RSS on a CPU) and "
+               "wall time.", "run-size-md"),
+        ("code", f'pt.run_size(result, "{m}")', "run-size"),
     ]
     return cells
 
