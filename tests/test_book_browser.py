@@ -190,7 +190,7 @@ def test_methods_page_quotes_this_studys_numbers(book):
     page = " ".join((book / "book" / "methods.html").read_text().split())
     assert "{{" not in page and "not run yet" not in page
     counts = finetune_counts(load_results(book.parents[2]))  # <output>/book/_build/html
-    assert f"in {counts['ft_full_epoch_runs']} of the {counts['ft_runs']} fine-tuning runs" in page
+    assert f"in {counts['ft_full_epoch_runs']} of the {counts['ft_runs']} fine-tuning runs of the study" in page
 
 
 def test_no_page_links_to_a_placeholder_and_download_stays(book):
