@@ -115,6 +115,43 @@ def absolute_paths(text: str) -> list[str]:
     return found
 
 
+#: Tables cut off: wider than their box without a sideways scroll bar on the way up, or a cell
+#: whose text ends in an ellipsis (pandas' max_colwidth) or is cut by CSS text-overflow.
+CLIPPED_JS = """
+const out = [];
+for (const t of document.querySelectorAll('article table')) {
+  if (!t.offsetParent) continue;
+  let scrolls = false;
+  for (let e = t.parentElement; e && e.tagName !== 'ARTICLE'; e = e.parentElement) {
+    const o = getComputedStyle(e).overflowX;
+    if ((o === 'auto' || o === 'scroll') ) { scrolls = true; break; }
+    if (o === 'hidden' && t.scrollWidth > e.clientWidth + 1) { out.push('table cut at ' + e.clientWidth + ' px'); break; }
+  }
+  const article = document.querySelector('article');
+  if (!scrolls && article && t.getBoundingClientRect().right > article.getBoundingClientRect().right + 1)
+    out.push('table runs past the text column: ' + t.innerText.slice(0, 60));
+  for (const c of t.querySelectorAll('td, th')) {
+    const s = c.innerText.trim();
+    if (/(\\.\\.\\.|\u2026)$/.test(s) || (getComputedStyle(c).textOverflow === 'ellipsis' && c.scrollWidth > c.clientWidth))
+      out.push('cell cut: ' + s.slice(-40));
+  }
+}
+return out;
+"""
+
+#: Visible text set in a font under 8 px (figures are images and are checked by their scale).
+TINY_TEXT_JS = """
+const out = new Set();
+const walker = document.createTreeWalker(document.querySelector('article') || document.body, NodeFilter.SHOW_TEXT);
+while (walker.nextNode()) {
+  const n = walker.currentNode, e = n.parentElement;
+  if (!n.textContent.trim() || !e || !e.offsetParent) continue;
+  if (parseFloat(getComputedStyle(e).fontSize) < 8) out.add(n.textContent.trim().slice(0, 30));
+}
+return Array.from(out).slice(0, 5);
+"""
+
+
 def test_every_page_reads_clean(book, server, browser):
     names = pages(book)
     assert {"index.html", "notebooks/09_results.html"} <= set(names)
@@ -143,6 +180,13 @@ def test_every_page_reads_clean(book, server, browser):
         if name.startswith("notebooks/") and name != "notebooks/index.html":
             if "Synthetic data" not in text:
                 problems.append(f"{name}: no synthetic-data notice")
+            blocks = text.count("Parameters of this run")
+            if blocks != 1:
+                problems.append(f"{name}: {blocks} parameters blocks (one expected)")
+            if "# Parameters" in text or "injected-parameters" in text:
+                problems.append(f"{name}: papermill's parameters cell shown as code")
+        problems += [f"{name}: {c}" for c in browser.execute_script(CLIPPED_JS)]
+        problems += [f"{name}: text under 8 px: {t}" for t in browser.execute_script(TINY_TEXT_JS)]
         if shots:
             height = browser.execute_script("return document.documentElement.scrollHeight")
             browser.set_window_size(1400, min(int(height) + 50, 16000))

@@ -133,3 +133,29 @@ def test_garbled_compressed_pixel_data_says_corrupt(tmp_path):
     with pytest.raises(StoreError, match=r"pixel data could not be decoded: transfer syntax JPEG-LS Lossless Image "
                                          r"Compression \(1\.2\.840\.10008\.1\.2\.4\.80\); the installed decoder"):
         stored_frames(read_dicom(path), path)
+
+
+def test_enhanced_ct_is_decoded_once_per_file(tmp_path, monkeypatch):
+    """Every frame of a multi-frame file comes from one decode of its pixel data (not one per frame)."""
+    import ssl_lib.data.readers.dicom as dicom
+    import ssl_lib.data.readers.lidc as lidc
+
+    series = tmp_path / "LIDC-IDRI" / "LIDC-IDRI-0001" / "study" / "series"
+    series.mkdir(parents=True)
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    for k in range(6):  # six 2-frame files, frames interleaved along the normal across files
+        for j, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            item.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, -float(2 * (5 - k) + j)]
+        ds.save_as(series / f"{k:02d}.dcm")
+    write_ct(series / "single.dcm", np.full((ds.Rows, ds.Columns), 1024, np.int16), z=-50.0)
+    calls = []
+    real = dicom.stored_frames
+    spy = lambda d, p: calls.append(str(p)) or real(d, p)  # noqa: E731
+    monkeypatch.setattr(dicom, "stored_frames", spy)
+    monkeypatch.setattr(lidc, "stored_frames", spy)
+    recs = list(LidcReader(tmp_path, min_series_images=10, workers=1))
+    assert len(recs) == 13
+    assert sorted(calls) == sorted(str(series / f"{k:02d}.dcm") for k in range(6)) + [str(series / "single.dcm")]
+    expected = [s.tobytes() for k in range(6) for s in read_ct_slices(series / f"{k:02d}.dcm")[0]]
+    expected.append(read_ct_slice(series / "single.dcm")[0].tobytes())
+    assert sorted(r.pixels.tobytes() for r in recs) == sorted(expected)  # the same slices as decoding per file

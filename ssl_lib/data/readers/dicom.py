@@ -296,8 +296,12 @@ def sort_frames(items: list[tuple[object, Frame]]) -> list[tuple[object, Frame]]
 def decode_frame_uint8(path: str | os.PathLike, frame: Frame, window: tuple[float, float] | None = None,
                        hu_range: tuple[float, float] = PAPER_HU_RANGE) -> np.ndarray:
     """Read and decode one slice (one frame of a multi-frame file) -> uint8 ``(H, W)`` after the HU mapping."""
-    ds = read_dicom(path)
-    stored = stored_frames(ds, path)
+    return frame_uint8(stored_frames(read_dicom(path), path), frame, path, window=window, hu_range=hu_range)
+
+
+def frame_uint8(stored: np.ndarray, frame: Frame, path: str | os.PathLike, *, window: tuple[float, float] | None = None,
+                hu_range: tuple[float, float] = PAPER_HU_RANGE) -> np.ndarray:
+    """One frame of a file's decoded pixel data ``stored`` ``(F, H, W)`` -> uint8 ``(H, W)`` after the HU mapping."""
     k = 0 if frame.index is None else frame.index
     if not 0 <= k < stored.shape[0]:
         raise BadSource(path, f"frame {k + 1} missing: the pixel data holds {stored.shape[0]} frame(s)")

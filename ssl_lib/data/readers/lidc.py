@@ -44,8 +44,8 @@ import numpy as np
 
 from ssl_lib.data.intensity import PAPER_HU_RANGE
 from ssl_lib.data.readers.base import BadSource, SourceReader
-from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frames_of, modality, patient_id, pixel_plugins,
-                                        read_dicom, sort_frames)
+from ssl_lib.data.readers.dicom import (Frame, decode_frame_uint8, frame_uint8, frames_of, modality, patient_id,
+                                        pixel_plugins, read_dicom, sort_frames, stored_frames)
 from ssl_lib.data.store import SliceRecord, StoreError, grey_sums, resize_slice
 from ssl_lib.data.workers import OrderedPool, resolve_workers
 
@@ -65,9 +65,13 @@ def scan_header(path: str) -> tuple[str, str | None, list[Frame] | BadSource]:
     return modality(ds), patient_id(ds), frames
 
 
-def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: int | None):
-    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its grey sums)``."""
-    pixels = decode_frame_uint8(path, frame, hu_range=hu_range)
+def decode_slice(path: str, frame: Frame, hu_range: tuple[float, float], size: int | None, stored=None):
+    """Worker job: one slice -> ``(uint8 (H, W) after the HU interval mapping, resized to size; its grey sums)``.
+
+    ``stored``: the file's decoded frames ``(F, H, W)`` when the caller already has them (a
+    multi-frame file is decoded once for all its frames, not once per frame)."""
+    pixels = decode_frame_uint8(path, frame, hu_range=hu_range) if stored is None \
+        else frame_uint8(stored, frame, path, hu_range=hu_range)
     if size is not None:
         pixels = resize_slice(pixels, size)
     return pixels, grey_sums(pixels)
@@ -86,11 +90,22 @@ def decode_slices(items: list[tuple[str, Frame, int]], hu_range: tuple[float, fl
     process never copies pixel bytes.
     """
     out = []
+    decoded: dict[str, np.ndarray | BadSource] = {}  # multi-frame files of this job, each decoded once
     fd = os.open(direct[0], os.O_WRONLY) if direct is not None else None
     try:
         for path, frame, slot in items:
             try:
-                pixels, sums = decode_slice(path, frame, hu_range, size)
+                stored = None
+                if frame.index is not None:
+                    if path not in decoded:
+                        try:
+                            decoded[path] = stored_frames(read_dicom(path), path)
+                        except BadSource as err:
+                            decoded[path] = err
+                    if isinstance(decoded[path], BadSource):
+                        raise decoded[path]
+                    stored = decoded[path]
+                pixels, sums = decode_slice(path, frame, hu_range, size, stored)
             except BadSource as err:
                 out.append(err)
                 continue
@@ -211,8 +226,7 @@ class LidcReader(SourceReader):
         size_known = self.target_size is not None
         items = [(path, frame, self._slot + k) for k, ((_, path), frame) in enumerate(ordered)]
         self._slot += len(items)
-        jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size, self._direct) for k in range(0, len(items), CHUNK))
-        results = (r for chunk in pool.imap(decode_slices, jobs) for r in chunk)
+        results = self._decoded(pool, items)
         for number, (((i, _), _), result) in enumerate(zip(ordered, results)):
             if isinstance(result, BadSource):
                 self.bad(result, safe_name(i))
@@ -220,6 +234,30 @@ class LidcReader(SourceReader):
             pixels, sums = result
             yield SliceRecord(pixels=pixels, patient=patient, label=-1, split="", source=f"{series_key}:{number:04d}",
                               sums=sums if size_known else None, slot=items[number][2] if pixels is None else None)
+
+
+    def _decoded(self, pool: OrderedPool, items: list[tuple[str, Frame, int]]) -> Iterator:
+        """Each item's :func:`decode_slices` result, in the order of ``items``.
+
+        Single-frame files go in jobs of :data:`CHUNK` slices, streamed. A multi-frame (enhanced
+        CT) file's frames, wherever they fall along the normal, go into one job of their own, so
+        its pixel data is decoded once rather than once per frame (its results are put back in
+        order before they are yielded)."""
+        if all(frame.index is None for _, frame, _ in items):
+            jobs = ((items[k:k + CHUNK], self.hu_range, self.target_size, self._direct)
+                    for k in range(0, len(items), CHUNK))
+            yield from (r for chunk in pool.imap(decode_slices, jobs) for r in chunk)
+            return
+        groups: dict[str, list] = {}
+        for item in items:
+            groups.setdefault(item[0] if item[1].index is not None else "", []).append(item)
+        single = groups.pop("", [])
+        chunks = list(groups.values()) + [single[k:k + CHUNK] for k in range(0, len(single), CHUNK)]
+        by_slot = {}
+        jobs = ((chunk, self.hu_range, self.target_size, self._direct) for chunk in chunks)
+        for chunk, result in zip(chunks, pool.imap(decode_slices, jobs)):
+            by_slot.update((slot, r) for (_, _, slot), r in zip(chunk, result))
+        yield from (by_slot[slot] for _, _, slot in items)
 
 
 def _scan_files(paths: list[str]) -> list:
