@@ -23,7 +23,8 @@ The runner never loses the user's work (issue 16):
 
 * **Parameters are checked first** (:func:`check_request`, well under a second, nothing written):
   step names, ``--jobs``, ``--param`` names (the union of the templates' ``parameters`` cells,
-  with a did-you-mean), data paths that must exist, a writable output folder, and what the
+  with a did-you-mean), data paths that must exist, ImageNet weights that must fit the profile's
+  ResNet (:data:`WEIGHTS_PARAMS`), a writable output folder, and what the
   profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides), and that the
   profile's parts fit together with the parameters that override them (:mod:`ssl_lib.profiles`).
 * **The output folder is its own** (:class:`ssl_lib.runfolder.RunFolder`): a non-empty folder
@@ -257,7 +258,7 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
 
     Raises :class:`StudyError` with one message per problem found: an unknown profile or step, a
     ``jobs`` below 1, an unknown ``--param`` name (with the closest accepted one), a given data path
-    that does not exist, an output folder that cannot be written or that holds someone else's
+    that does not exist, a weights file that is no torchvision state dict of the profile's ResNet, an output folder that cannot be written or that holds someone else's
     files, a profile this machine cannot run (unless ``force``).
     """
     problems = []

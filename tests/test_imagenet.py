@@ -129,6 +129,27 @@ def test_the_study_keeps_a_copy_of_its_weights_without_their_path(r18, tmp_path)
     assert _same_backbone(apply_init(Classifier("resnet18", 2), load_init("imagenet", out, "resnet18")), _weights(seed=1))
 
 
+def test_the_grid_runs_the_imagenet_init_on_worker_processes_from_the_study_copy(r18, tmp_path):
+    """Workers and cluster jobs get the init by name and read the study's copy; the paper profile's
+    choice of the pre-training epoch ("best") does not apply to it (it has none)."""
+    from test_finetune import PROFILE, export_encoders, make_stores
+
+    out = tmp_path / "out"
+    make_stores(out)
+    export_encoders(out, "byol", [1, 2])
+    use_imagenet_weights(out, r18, "resnet18")
+    assert ft.init_name(r18, out, "resnet18") == "imagenet"  # the file itself names the same init
+    prof = ft.get_profile(PROFILE, linear_epochs=1, full_epochs=0, pretrain_epoch="best")
+    res = ft.run_grid(out, ["covid"], fractions=[1.0, 0.5], seeds=[0], profile=prof, workers=2, progress=False,
+                      stop_f1=None)
+    assert ft.default_inits(out) == ["random", "imagenet", "byol"]
+    assert len(res) == 6 and set(res["init"]) == {"random", "imagenet", "byol"}
+    assert (res.loc[res["init"] == "imagenet", "pretrain_epoch"] == -1).all()
+    assert ft.run_file(out, "models", "covid", "imagenet", 1.0, 0).is_file()  # what Grad-CAM explains
+    selection = pd.read_csv(StudyPaths(out).finetune / "epoch_selection.csv")
+    assert set(selection["method"]) == {"byol"}
+
+
 # ----------------------------------------------------------------------------- where the init shows
 def test_imagenet_is_a_baseline_in_labels_order_tables_and_the_stopping_rule():
     assert registry.init_label("imagenet") == "ImageNet (supervised)"
