@@ -258,8 +258,9 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
 
     Raises :class:`StudyError` with one message per problem found: an unknown profile or step, a
     ``jobs`` below 1, an unknown ``--param`` name (with the closest accepted one), a given data path
-    that does not exist, a weights file that is no torchvision state dict of the profile's ResNet, an output folder that cannot be written or that holds someone else's
-    files, a profile this machine cannot run (unless ``force``).
+    that does not exist, a weights file that is no torchvision state dict of the profile's ResNet,
+    an output folder that cannot be written or that holds someone else's files, a profile this
+    machine cannot run (unless ``force``).
     """
     problems = []
     if profile not in PROFILE_NEEDS:
@@ -355,6 +356,9 @@ def _file_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
 def _content_hash(path: Path) -> str:
     """SHA-256 of a file, once per path, size and modification time in this process."""
     from .inits import file_sha256
@@ -364,9 +368,6 @@ def _content_hash(path: Path) -> str:
     if key not in _CONTENT_HASHES:
         _CONTENT_HASHES[key] = file_sha256(path)
     return _CONTENT_HASHES[key]
-
-
-_CONTENT_HASHES: dict[tuple, str] = {}
 
 
 def _shown_params(folder: RunFolder, params: dict) -> dict:

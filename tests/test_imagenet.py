@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torchvision
 
-from ssl_lib import explain, report, study
+from ssl_lib import explain, report, runs, study
 from ssl_lib import finetune as ft
 from ssl_lib.inits import InitError, apply_init, file_sha256, imagenet_file, load_init, use_imagenet_weights
 from ssl_lib.models import build_backbone, encoder_state_dict
@@ -31,7 +32,9 @@ from tools.nbtemplate import write_notebook
 MARKER = "Doe_Jane_MARKER_1234"
 
 
-def _weights(arch: str = "resnet18", seed: int = 0, half: bool = False) -> dict[str, torch.Tensor]:
+def _weights(arch: str = "resnet18", seed: int = 7, half: bool = False) -> dict[str, torch.Tensor]:
+    """torchvision's ``arch`` with weights drawn from ``seed``: not seed 0, from which a run's random
+    init (``torch.manual_seed(0)`` before the model is built) would draw the very same weights."""
     torch.manual_seed(seed)
     net = getattr(torchvision.models, arch)()
     return (net.half() if half else net).state_dict()
@@ -146,6 +149,8 @@ def test_the_grid_runs_the_imagenet_init_on_worker_processes_from_the_study_copy
     assert len(res) == 6 and set(res["init"]) == {"random", "imagenet", "byol"}
     assert (res.loc[res["init"] == "imagenet", "pretrain_epoch"] == -1).all()
     assert ft.run_file(out, "models", "covid", "imagenet", 1.0, 0).is_file()  # what Grad-CAM explains
+    probs = {i: runs.load_predictions(out, "covid", i, 0.5, 0).filter(like="prob_").to_numpy() for i in ("random", "imagenet")}
+    assert not np.allclose(probs["random"], probs["imagenet"])  # the workers loaded the weights
     selection = pd.read_csv(StudyPaths(out).finetune / "epoch_selection.csv")
     assert set(selection["method"]) == {"byol"}
 
@@ -236,6 +241,9 @@ def test_imagenet_weights_run_through_the_whole_smoke_study(r18, tmp_path):
     ran = results[results["init"] == "imagenet"]
     assert set(ran["task"]) == {"covid", "organs", "brain"} and set(ran["fraction"]) == {1.0, 0.5}
     assert (ran["pretrain_epoch"] == -1).all()
+    probs = {i: runs.load_predictions(out, "covid", i, 1.0, 0, -1).filter(like="prob_").to_numpy()
+             for i in ("random", "imagenet")}
+    assert not np.allclose(probs["random"], probs["imagenet"])  # the weights were loaded: another model
     assert json.loads(imagenet_file(out).with_suffix(".json").read_text())["sha256"] == file_sha256(r18)
     # Grad-CAM: the ImageNet model's heat maps beside the others
     heat = explain.HeatMaps.load(explain.cache_path(out, "covid", 1.0, 0))
