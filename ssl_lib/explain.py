@@ -49,12 +49,16 @@ from .heatmap_stats import (ExplainError, bootstrap_mean, centre_gaussian_maps, 
                             pearson_per_image, pointing_hits, uniform_random_maps)
 from .paths import StudyPaths
 from .profiles import PROFILE_NAMES, ExplainProfile, explain_profile
-from .pretrain.registry import init_label, init_order
+from .pretrain.registry import init_label as _registry_label
+from .pretrain.registry import init_order, order_inits
 from .tasks import fold_of, task_splits, task_store_path, use_study_tasks
 
-#: Initialisations in display order ("random" = no pre-training) and their labels, from the method registry.
+#: The initialisations every study has, in display order ("random" = no pre-training), from the method
+#: registry. Which models a study explains comes from the study (:func:`study_inits`: those fine-tuning
+#: saved, ImageNet among them when the study was given its weights).
 INITS = init_order()
-LABELS = {**{i: init_label(i) for i in INITS}, "uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
+#: Labels of the image-blind baseline maps (the inits' labels come from the registry).
+LABELS = {"uniform-random": "uniform random", "centre-gaussian": "centre Gaussian"}
 #: What Grad-CAM explains: the finding (class 1), the true class, or the predicted class.
 TARGET_MODES = ("auto", "positive", "true", "predicted")
 BASELINES = ("uniform-random", "centre-gaussian")
@@ -65,7 +69,7 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 def init_label(init: str) -> str:
     """The display label of an init (or a baseline map) in tables and figures."""
-    return LABELS.get(init, init)
+    return LABELS[init] if init in LABELS else _registry_label(init)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,6 +309,15 @@ def model_path(output_dir: str | os.PathLike, task: str, init: str, fraction: fl
     return runs.run_file(output_dir, "models", task, init, fraction, seed, fold)
 
 
+def study_inits(output_dir: str | os.PathLike, task: str, fraction: float = 1.0, seed: int = 0,
+                fold: int = -1) -> list[str]:
+    """The inits whose fine-tuned model of (task, fraction, seed[, fold]) the study saved, in display
+    order (:func:`ssl_lib.pretrain.registry.order_inits`): what fine-tuning ran, not a list fixed at import."""
+    folder = StudyPaths(output_dir).finetune / "models" / task
+    found = [d.name for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+    return order_inits(i for i in found if model_path(output_dir, task, i, fraction, seed, fold).is_file())
+
+
 def cache_path(output_dir: str | os.PathLike, task: str, fraction: float = 1.0, seed: int = 0, fold: int = -1) -> Path:
     """The heat-map cache of the models of (task, fraction, seed[, fold]): ``gradcam/<task>_<run name>.npz``."""
     return StudyPaths(output_dir).gradcam / f"{task}_{runs.run_name(fraction, seed, fold)}.npz"
@@ -344,7 +357,7 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     """Grad-CAM maps of each init's fine-tuned model on the same ``task`` test images.
 
     Models: ``model_path(output_dir, task, init, fraction, seed, fold)``; ``inits=None`` takes
-    those of :data:`INITS` that exist (an explicitly named init that is missing is an error).
+    every one fine-tuning saved (:func:`study_inits`; an explicitly named init that is missing is an error).
     Images: ``indices`` (store indices) or the ``split`` (at most ``max_images``, see
     :func:`select_indices`); for a cross-validated task (``fold >= 0``, the Brain task) the test
     fold of :func:`ssl_lib.tasks.task_splits` instead of ``split``. ``target``: ``"auto"`` (the
@@ -378,11 +391,11 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
         raise ExplainError(f"{store_dir}: target='positive' needs a binary task, this one has {store.num_classes} classes")
 
     if inits is None:
-        inits = [i for i in INITS if model_path(output_dir, task, i, fraction, seed, fold).is_file()]
+        inits = study_inits(output_dir, task, fraction, seed, fold)
         if not inits:
             raise ExplainError(f"{paths.finetune / 'models' / task}: no fine-tuned model "
-                               f"{model_path(output_dir, task, 'random', fraction, seed, fold).name} for any of "
-                               f"{INITS}; run fine-tuning first "
+                               f"{model_path(output_dir, task, 'random', fraction, seed, fold).name} for any "
+                               f"initialisation; run fine-tuning first "
                                "(cross-validated tasks: pass the fold)")
     files = {i: model_path(output_dir, task, i, fraction, seed, fold) for i in inits}
     for i, f in files.items():

@@ -64,7 +64,9 @@ import torch.nn.functional as F
 from .atomic import atomic_path
 from .data.store import SliceStore, normalize_batch
 from .finetune_augment import AUGMENTS, MonaiAugment
-from .inits import EncoderInit, InitError, apply_init, available_methods, list_encoder_epochs, load_init
+from .baselines import BASELINE_INITS, IMAGENET
+from .inits import (EncoderInit, InitError, apply_init, available_methods, has_imagenet, list_encoder_epochs,  # noqa: F401
+                    load_init, use_imagenet_weights)  # use_imagenet_weights: re-exported for the notebooks
 from .metrics import accuracy, auc, compute_metrics
 from .metrics import f1 as f1_metric
 from .models.classifier import Classifier, save_classifier
@@ -546,7 +548,7 @@ def finetune_run(output_dir: str | os.PathLike, task: str | TaskSpec, init: str 
     """One fine-tuning run: train on the (reduced) training split, select on val, test once.
 
     ``init``: ``"random"``, a method name (our encoder at ``pretrain_epoch``, default the last),
-    a released checkpoint path, or an :class:`EncoderInit`. With ``save`` curves/predictions (and
+    ``"imagenet"`` (the study's ImageNet weights), a released checkpoint path, or an :class:`EncoderInit`. With ``save`` curves/predictions (and
     with ``save_model`` the model) are written and (with ``record``) the row is appended to the
     results CSV. ``features``: the :class:`FeatureCache` whose frozen-backbone features this run
     reuses and adds to (``None``: computed for this run only). Returns the row
@@ -662,8 +664,9 @@ def init_name(init: str | os.PathLike, output_dir: str | os.PathLike | None = No
 
 
 def default_inits(output_dir: str | os.PathLike) -> list[str]:
-    """``random`` plus every method with exported encoders."""
-    return ["random"] + available_methods(output_dir)
+    """The study's inits in display order: ``random``, ``imagenet`` when the study holds ImageNet
+    weights (:func:`ssl_lib.inits.use_imagenet_weights`), then every method with exported encoders."""
+    return ["random"] + ([IMAGENET] if has_imagenet(output_dir) else []) + available_methods(output_dir)
 
 
 def resolve_workers(workers: int | str, device: str | torch.device = "cpu") -> int:
@@ -749,7 +752,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
     Runs whose key (task, init, fraction, seed, fold, profile) is already in the results CSV
     are not recomputed. With ``stop_f1`` (default: the profile's) fractions run from large to
     small and a task stops reducing once every pre-training method's mean test F1 (the profile's
-    ``stop_metric`` column) is below it.
+    ``stop_metric`` column) is below it (the baselines, random and ImageNet, do not count).
     ``pretrain_epoch``: ``"last"``, ``"best"`` (:func:`select_pretrain_epoch`) or an int (default:
     the profile's). ``workers``: processes running side by side (``"auto"``:
     :func:`resolve_workers`); each takes all runs of one task and init (of one seed for a
@@ -790,7 +793,7 @@ def run_grid(output_dir: str | os.PathLike, tasks: Iterable[str] | None = None, 
 
     def epoch_of(t: str, i: str):
         if (t, i) not in epochs:
-            epochs[(t, i)] = (None if i == "random" or names[i] != i
+            epochs[(t, i)] = (None if i in BASELINE_INITS or names[i] != i
                               else select_pretrain_epoch(output_dir, t, i, prof, data=task_data(t), device=device,
                                                          features=features)
                               if choose == "best" else choose)

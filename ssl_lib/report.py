@@ -20,12 +20,14 @@ import pandas as pd
 from . import runs
 from .metrics import metric_definitions  # noqa: F401  (re-exported for the book)
 from .reduction import STOP_F1
-from .pretrain.registry import init_label, init_order
+from .baselines import BASELINE_INITS
+from .pretrain.registry import init_label, init_order, order_inits
 from .runs import load_curves  # noqa: F401  (re-exported for the notebooks)
 from .tasks import TASKS, order_tasks
 
-#: Initialisations in display order and their labels, from the method registry.
-INIT_ORDER = list(init_order())
+#: Initialisations in display order and their labels, from the method registry (ImageNet included:
+#: it orders and labels what a study ran; which inits a study has comes from its results table).
+INIT_ORDER = list(init_order(imagenet=True))
 INIT_LABELS = {i: init_label(i) for i in INIT_ORDER}
 TASK_LABELS = {k: v.paper_name for k, v in TASKS.items()}
 
@@ -62,8 +64,7 @@ PAPER_TABLE3 = pd.DataFrame(
 
 
 def _order_inits(inits) -> list[str]:
-    inits = list(dict.fromkeys(inits))
-    return [i for i in INIT_ORDER if i in inits] + sorted(i for i in inits if i not in INIT_ORDER)
+    return order_inits(inits)
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:
@@ -241,12 +242,13 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def stopping_table(results: pd.DataFrame, threshold: float = STOP_F1, metric: str = "f1_seed") -> pd.DataFrame:
-    """Mean ``metric`` per task, fraction and pre-training init, and whether the paper's rule stops there.
+    """Mean ``metric`` per task, fraction and pre-training method, and whether the paper's rule stops there
+    (the baselines, random and ImageNet, do not count, as in :func:`ssl_lib.reduction.stop_reducing`).
 
     ``metric``: ``"f1_seed"`` (default), the F1 of the authors' code that the paper's rule read, or
     ``"f1"`` (ours).
     """
-    res = results[results["init"] != "random"]
+    res = results[~results["init"].isin(BASELINE_INITS)]
     if res.empty:
         return pd.DataFrame(columns=["task", "fraction", "stop"])
     means = res.groupby(["task", "fraction", "init"])[metric].mean().unstack("init")

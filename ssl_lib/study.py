@@ -23,7 +23,8 @@ The runner never loses the user's work (issue 16):
 
 * **Parameters are checked first** (:func:`check_request`, well under a second, nothing written):
   step names, ``--jobs``, ``--param`` names (the union of the templates' ``parameters`` cells,
-  with a did-you-mean), data paths that must exist, a writable output folder, and what the
+  with a did-you-mean), data paths that must exist, ImageNet weights that must fit the profile's
+  ResNet (:data:`WEIGHTS_PARAMS`), a writable output folder, and what the
   profile needs (:data:`PROFILE_NEEDS`: GPU, memory per step; ``force`` overrides), and that the
   profile's parts fit together with the parameters that override them (:mod:`ssl_lib.profiles`).
 * **The output folder is its own** (:class:`ssl_lib.runfolder.RunFolder`): a non-empty folder
@@ -156,7 +157,11 @@ RUNNER_OUTPUTS = ("timings.csv",)
 
 
 #: Parameter names (suffixes) whose values are data paths that must exist when given.
-PATH_SUFFIXES = ("_root", "_npz", "_labels", "_csv")
+PATH_SUFFIXES = ("_root", "_npz", "_labels", "_csv", "_weights")
+#: Parameters naming a torchvision ResNet weights file: checked at once against the profile's
+#: backbone (:func:`_weights_problem`) and kept in the manifest as a salted fingerprint of the
+#: file's content (:func:`_shown_params`), never its path.
+WEIGHTS_PARAMS = ("imagenet_weights",)
 _RESERVED = {"profile": "--profile", "output_dir": "--output"}
 
 
@@ -193,7 +198,7 @@ def template_parameters(path: Path) -> dict:
 
 
 def is_path_param(name: str, value) -> bool:
-    """A given data path: a non-empty string named ``*_root|_npz|_labels|_csv`` or ``store``, or holding a slash."""
+    """A given data path: a non-empty string named ``*_root|_npz|_labels|_csv|_weights`` or ``store``, or holding a slash."""
     return isinstance(value, str) and value != "" and (
         name.endswith(PATH_SUFFIXES) or name == "store" or "/" in value or os.sep in value)
 
@@ -210,6 +215,23 @@ def _task_problems(value) -> list[str]:
     return [f"--param tasks: task {s.name!r}: {p}: no such file or folder" for s in specs
             for p in (s.source, s.options.get("labels_csv"), s.options.get("masks_root"))
             if p and not Path(str(p)).expanduser().exists()]
+
+
+def _weights_problem(name: str, value: str, profile: str, extra: dict) -> str | None:
+    """A weights file that does not fit the profile's fine-tuning backbone (or is no torchvision
+    ResNet state dict at all), as one message naming the file and what is wrong; ``None`` if it fits.
+    Reads the file (``weights_only``), which imports torch: only when such a parameter is given."""
+    from .inits import InitError, load_imagenet
+
+    try:
+        arch = get_profile(profile, **overrides_from_params(extra)).finetune.arch
+    except ProfileError:
+        return None  # reported by the profile check
+    try:
+        load_imagenet(Path(value).expanduser(), arch)
+    except InitError as err:
+        return f"--param {name}: {err}"
+    return None
 
 
 def _did_you_mean(name: str, choices) -> str:
@@ -236,8 +258,9 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
 
     Raises :class:`StudyError` with one message per problem found: an unknown profile or step, a
     ``jobs`` below 1, an unknown ``--param`` name (with the closest accepted one), a given data path
-    that does not exist, an output folder that cannot be written or that holds someone else's
-    files, a profile this machine cannot run (unless ``force``).
+    that does not exist, a weights file that is no torchvision state dict of the profile's ResNet,
+    an output folder that cannot be written or that holds someone else's files, a profile this
+    machine cannot run (unless ``force``).
     """
     problems = []
     if profile not in PROFILE_NEEDS:
@@ -268,6 +291,11 @@ def check_request(output, profile: str, steps: list[str] | None, extra: dict, jo
             problems.extend(_task_problems(value))
         elif is_path_param(name, value) and not Path(value).expanduser().exists():
             problems.append(f"--param {name}={value}: no such file or folder")
+        elif name in WEIGHTS_PARAMS and value not in ("", None):
+            if not isinstance(value, str) or not Path(value).expanduser().is_file():
+                problems.append(f"--param {name}={value}: not a weights file")
+            elif profile in PROFILE_NEEDS and (problem := _weights_problem(name, value, profile, extra)):
+                problems.append(problem)
     folder = RunFolder(output)
     for check in (folder.check_writable, folder.check_ownable):
         try:
@@ -328,17 +356,40 @@ def _file_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-256 of a file, once per path, size and modification time in this process."""
+    from .inits import file_sha256
+
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CONTENT_HASHES:
+        _CONTENT_HASHES[key] = file_sha256(path)
+    return _CONTENT_HASHES[key]
+
+
 def _shown_params(folder: RunFolder, params: dict) -> dict:
-    """Parameters as the manifest keeps them: data paths as salted fingerprints (never the path)."""
-    return {k: ({"source": folder.fingerprint(str(Path(v).expanduser().resolve()))} if is_path_param(k, v) else v)
-            for k, v in params.items() if k != "output_dir"}
+    """Parameters as the manifest keeps them: data paths as salted fingerprints (never the path); a
+    weights file (:data:`WEIGHTS_PARAMS`) by its content, so that other weights at the same path rerun."""
+    def shown(k, v):
+        if k in WEIGHTS_PARAMS and is_path_param(k, v) and Path(v).expanduser().is_file():
+            return {"file": folder.fingerprint("sha256:" + _content_hash(Path(v).expanduser().resolve()))}
+        if is_path_param(k, v):
+            return {"source": folder.fingerprint(str(Path(v).expanduser().resolve()))}
+        return v
+
+    return {k: shown(k, v) for k, v in params.items() if k != "output_dir"}
 
 
 _DEFAULT = "(the notebook's default)"
 
 
 def _describe(value) -> str:
-    return "a given path" if isinstance(value, dict) else value if value == _DEFAULT else repr(value)
+    if isinstance(value, dict):
+        return "a given file" if "file" in value else "a given path"
+    return value if value == _DEFAULT else repr(value)
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -349,7 +400,8 @@ def _differences(old: dict, new: dict) -> list[str]:
         if a == b:
             continue
         both_paths = isinstance(a, dict) and isinstance(b, dict)
-        out.append(f"{key}: a different path" if both_paths else f"{key}: {_describe(a)} -> {_describe(b)}")
+        kind = "file" if both_paths and "file" in b else "path"
+        out.append(f"{key}: a different {kind}" if both_paths else f"{key}: {_describe(a)} -> {_describe(b)}")
     return out
 
 

@@ -89,7 +89,7 @@ print(json.dumps({
     "init_epoch": init.epoch, "loaded": bool(torch.equal(model.backbone.conv1.weight, init.state["conv1.weight"])),
     "default_inits": ft.default_inits(out), "report_label": report.INIT_LABELS.get("toy"),
     "report_order": report._order_inits(["toy", "spark", "random"]), "explain_inits": list(explain.INITS),
-    "explain_label": explain.LABELS.get("toy"),
+    "explain_label": explain.init_label("toy"),
     "step": [steps["pretrain_toy"].notebook, steps["pretrain_toy"].cost, "pretrain_toy" in steps["finetune"].after],
     "grid_speed": list(load_benchmark("grid_speed").METHODS), "study_speed": list(load_benchmark("study_speed").METHODS),
 }))

@@ -21,10 +21,12 @@ import importlib
 import os
 from typing import Any
 
+from ..baselines import BASELINE_INITS, BASELINE_LABELS, IMAGENET
 from .base import MethodSpec, PretrainConfig, PretrainError, PretrainModule
 
-__all__ = ["ENV_VAR", "METHOD_MODULES", "MethodSpec", "PROFILE_NAMES", "build_module", "get_config", "get_method",
-           "init_label", "init_order", "method_class", "method_names", "methods", "profiles"]
+__all__ = ["BASELINE_INITS", "ENV_VAR", "IMAGENET", "METHOD_MODULES", "MethodSpec", "PROFILE_NAMES", "build_module",
+           "get_config", "get_method", "init_label", "init_order", "method_class", "method_names", "methods",
+           "order_inits", "profiles"]
 
 #: The built-in methods, in table order: one line per method.
 METHOD_MODULES: list[str] = [
@@ -41,7 +43,9 @@ ENV_VAR = "SSL_CT_EXTRA_METHODS"
 PROFILE_NAMES = ("smoke", "quick", "paper")
 
 #: The label of the initialisation without pre-training.
-RANDOM_LABEL = "Random"
+RANDOM_LABEL = BASELINE_LABELS["random"]
+#: The label of the supervised ImageNet baseline (:mod:`ssl_lib.baselines`; only in a study given its weights).
+IMAGENET_LABEL = BASELINE_LABELS[IMAGENET]
 
 _loaded: dict[tuple[str, ...], tuple[MethodSpec, ...]] = {}
 
@@ -62,7 +66,7 @@ def _load(names: tuple[str, ...]) -> tuple[MethodSpec, ...]:
         spec = getattr(module, "SPEC", None)
         if not isinstance(spec, MethodSpec):
             raise PretrainError(f"{getattr(module, '__file__', name)}: a method module must define SPEC = MethodSpec(...)")
-        if spec.name in {s.name for s in specs} or spec.name == "random":
+        if spec.name in {s.name for s in specs} or spec.name in BASELINE_INITS:
             raise PretrainError(f"{getattr(module, '__file__', name)}: method name {spec.name!r} is taken")
         specs.append(spec)
     return tuple(specs)
@@ -92,16 +96,30 @@ def get_method(name: str) -> MethodSpec:
     raise PretrainError(f"unknown pre-training method {name!r}{hint}; choose one of {names}")
 
 
-def init_order() -> tuple[str, ...]:
-    """Initialisations in display order: ``"random"`` (no pre-training), then the methods."""
-    return ("random",) + method_names()
+def init_order(imagenet: bool = False) -> tuple[str, ...]:
+    """Initialisations in display order: ``"random"`` (no pre-training), with ``imagenet`` the
+    ImageNet baseline, then the methods.
+
+    The ImageNet init exists only in a study given its weights file, so a study's own list comes
+    from the study (what fine-tuning ran, e.g. :func:`ssl_lib.finetune.default_inits`), ordered
+    by :func:`order_inits`; this is the order every table and figure shows them in.
+    """
+    return ("random",) + ((IMAGENET,) if imagenet else ()) + method_names()
+
+
+def order_inits(inits) -> list[str]:
+    """``inits`` (each once) in display order: :func:`init_order` with ImageNet, then any others
+    (e.g. ``"spark-released"``) by name."""
+    inits = list(dict.fromkeys(str(i) for i in inits))
+    known = init_order(imagenet=True)
+    return [i for i in known if i in inits] + sorted(i for i in inits if i not in known)
 
 
 def init_label(init: str) -> str:
-    """The display label of an initialisation: ``"Random"``, a method's label, else ``init`` itself
-    (e.g. ``"spark-released"``). Every table and figure uses this."""
-    if init == "random":
-        return RANDOM_LABEL
+    """The display label of an initialisation: ``"Random"``, ``"ImageNet (supervised)"``, a
+    method's label, else ``init`` itself (e.g. ``"spark-released"``). Every table and figure uses this."""
+    if init in BASELINE_LABELS:
+        return BASELINE_LABELS[init]
     for spec in methods():
         if spec.name == init:
             return spec.label

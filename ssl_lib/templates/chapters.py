@@ -141,7 +141,8 @@ page).
 profile = "quick"              # smoke | quick | paper
 output_dir = "outputs/quick"   # the study folder (stores, encoders, results)
 task = ""                      # empty: the study's first task; covid | organs | brain | a user task
-init = "spark"                 # random | byol | swav | mocov2 | spark | path of a released checkpoint
+init = "spark"                 # random | imagenet | byol | swav | mocov2 | spark | path of a released checkpoint
+imagenet_weights = ""          # torchvision ResNet weights file you downloaded (e.g. resnet50.pth): the imagenet init; empty: none
 fraction = 1.0                 # share of the training split
 seeds = None                   # None: the profile's seeds
 device = "cpu"
@@ -158,6 +159,8 @@ prof = ft.get_profile(profile)
 seeds = list(seeds) if seeds is not None else list(prof.seeds)
 pd.DataFrame([vars(prof)]).T.rename(columns={0: profile})
 task = task or use_study_tasks(output_dir)[0]  # the study's tasks (the pre-processing step's 'tasks')
+if imagenet_weights:  # the study keeps its own copy of the weights (never their path); runs read that
+    ft.use_imagenet_weights(output_dir, imagenet_weights, prof.arch)
 """, '767632d9'),
         ('md', """
 ## The task's data
@@ -214,12 +217,19 @@ method's mean test F1 is below 0.7.
 Here every run draws its subset from its own seed; for one seed the smaller subsets are nested in
 the larger ones. The grid is resumable: runs already in the results table are skipped, so an
 interrupted notebook continues where it stopped.
+
+Given a torchvision ResNet weights file (`imagenet_weights`, e.g. torchvision's published ImageNet
+weights, downloaded beforehand: nothing is downloaded here), the grid adds the baseline the paper
+leaves out, **ImageNet (supervised)**: the same ResNet, whose three-channel stem takes the repeated
+grey channel as every encoder of the study does, fine-tuned by the same protocol. Like the random
+initialisation it does not count for the stopping rule.
 """, '7e91e953'),
         ('params', """
 profile = "quick"              # smoke | quick | paper
 output_dir = "outputs/quick"   # the study folder
 tasks = ""                     # empty: the study's tasks (default covid, organs, brain); or names / the JSON of step 01
-inits = None                   # None: random + every method with exported encoders
+inits = None                   # None: random, imagenet (with imagenet_weights), every method with exported encoders
+imagenet_weights = ""          # torchvision ResNet weights file you downloaded (e.g. resnet50.pth): adds ImageNet; empty: none
 fractions = None               # None: the profile's steps per task
 seeds = None                   # None: the profile's seeds
 stop_f1 = "profile"            # the paper's stopping limit (0.7 in the paper profile), None: run all steps
@@ -233,6 +243,8 @@ import pandas as pd
 from ssl_lib import cluster, finetune as ft, present, report
 
 prof = ft.get_profile(profile)
+if imagenet_weights:  # the study keeps its own copy of the weights (never their path); runs read that
+    ft.use_imagenet_weights(output_dir, imagenet_weights, prof.arch)
 inits = list(inits) if inits is not None else ft.default_inits(output_dir)
 names = ft.task_names(tasks or None, output_dir)  # user tasks: 100/75/50/25/10 %
 pd.DataFrame({"task": names, "fractions": [prof.fractions_for(t) for t in names]}) \
@@ -411,8 +423,9 @@ The F1 variants of the authors' code (COVID-19: F1 of NonCOVID; OrganSMNIST: mic
         ('md', """
 ## Pre-training against random initialisation
 
-The headline comparison per task: each pre-trained initialisation minus the random one, at all
-training data and at the smallest fraction, as mean ± SD over runs (seeds; for Brain, folds).
+The headline comparison per task: each pre-trained initialisation (the supervised ImageNet one
+too, where the study was given its weights) minus the random one, at all training data and at
+the smallest fraction, as mean ± SD over runs (seeds; for Brain, folds).
 Whether a difference holds is decided in the next section.
 """, 'a11e0001'),
         ('code', 'report.headline(results)', 'a11e0002'),
