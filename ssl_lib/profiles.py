@@ -202,8 +202,8 @@ _FINETUNE: dict[str, FinetuneProfile] = {
     # 3 epochs at 1e-4 did not) + 1 full epoch at lr 1e-4 (the full phase is 3/4 of the grid's
     # time; a second one moved mean test AUCs by <= 0.02 in the measured quick study), so that the
     # study's 90 runs (5 inits x 3 tasks x 2 fractions x 3 seeds) fit minutes on 2 CPU cores;
-    # three seeds, not more fractions, because every verdict is a paired t-test over runs
-    # (ssl_lib.stats), which has no power with two; 100 % and 25 % are the headline comparison
+    # three seeds, not more fractions, because every verdict tests against the spread over runs
+    # (ssl_lib.stats, with the test-case noise), which two hardly estimate; 100 % and 25 % are the headline comparison
     # (all labels, few labels); brain runs fold (seed % 5) of its 5-fold CV, i.e. folds 0-2; no
     # stopping rule.
     "quick": FinetuneProfile("quick", "resnet18", 64, 40, 1, batch_size=64, linear_lr=1e-3, fractions=_QUICK_FRACTIONS,

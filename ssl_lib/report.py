@@ -340,8 +340,9 @@ def plot_confusion(predictions: pd.DataFrame, class_names: Sequence[str] | None 
 def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.DataFrame:
     """Readable view of :func:`ssl_lib.stats.compare_inits`.
 
-    Means ± SD over runs, the difference with its 95 % t-interval over runs and the Holm-adjusted
-    paired t-test p (the decision), the test-case bootstrap interval (description) and the verdict.
+    Means ± SD over runs, the difference with the decision's 95 % interval (over runs and test
+    cases) and its Holm-adjusted p, each source of noise alone (the paired t-test over runs and
+    the bootstrap interval over test cases, for description) and the verdict.
     """
     if comparisons.empty:
         return comparisons
@@ -350,6 +351,9 @@ def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.
     def ci(lo, hi):
         return [("n/a" if pd.isna(a) or pd.isna(b) else f"[{a:+.3f}, {b:+.3f}]") for a, b in zip(lo, hi)]
 
+    def pv(col):
+        return c[col].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}") if col in c else "n/a"
+
     out = pd.DataFrame({
         "task": c["task"].map(lambda t: TASK_LABELS.get(t, t)), "portion": (c["fraction"] * 100).map("{:g}%".format),
         "metric": c["metric"], "A": c["init_a"].map(lambda i: INIT_LABELS.get(i, i)),
@@ -357,8 +361,9 @@ def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.
         "A (mean ± SD)": [_fmt(m, s) for m, s in zip(c["mean_a"], c["sd_a"])] if "sd_a" in c else c["mean_a"],
         "B (mean ± SD)": [_fmt(m, s) for m, s in zip(c["mean_b"], c["sd_b"])] if "sd_b" in c else c["mean_b"],
         "A - B": c["diff"].map("{:+.3f}".format),
-        "95% CI (runs)": ci(c["ci_low"], c["ci_high"]),
-        "p (paired t, Holm)": c["p_ttest_holm"].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}"),
+        "95% CI (runs and test cases)": ci(c["ci_low"], c["ci_high"]),
+        "p (Holm)": pv("p_holm"),
+        "p (runs only)": pv("p_run"),
         "95% CI (test cases only)": ci(c["case_ci_low"], c["case_ci_high"]) if "case_ci_low" in c else "n/a",
         "verdict": c["verdict"],
     })
@@ -366,16 +371,17 @@ def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.
 
 
 def claims(comparisons: pd.DataFrame) -> list[str]:
-    """One sentence per difference that holds (Holm-adjusted paired t-test over runs), nothing else."""
+    """One sentence per difference that holds (Holm-adjusted two-level test over runs and test cases), nothing else."""
     if comparisons.empty:
         return []
     out = []
     for r in comparisons[comparisons["holds"].astype(bool)].itertuples(index=False):
         win, lose = (r.init_a, r.init_b) if r.diff > 0 else (r.init_b, r.init_a)
+        lo, hi = sorted((abs(r.ci_low), abs(r.ci_high)))  # a difference that holds has an interval off 0
         out.append(f"{TASK_LABELS.get(r.task, r.task)}, {r.fraction * 100:g} % of the training data: "
                    f"{INIT_LABELS.get(win, win)} beats {INIT_LABELS.get(lose, lose)} in {r.metric.upper()} by "
-                   f"{abs(r.diff):.3f} (95 % CI over runs [{min(abs(r.ci_low), abs(r.ci_high)):.3f}, "
-                   f"{max(abs(r.ci_low), abs(r.ci_high)):.3f}], {r.n_runs} paired runs, Holm p = {r.p_ttest_holm:.3g}).")
+                   f"{abs(r.diff):.3f} (95 % CI over runs and test cases [{lo:.3f}, {hi:.3f}], {r.n_runs} paired "
+                   f"runs, {r.n_cases} test cases per run, Holm p = {r.p_holm:.3g}).")
     return out
 
 

@@ -88,18 +88,21 @@ def test_run_level_views():
 def test_stats_table_view_and_claims():
     comp = pd.DataFrame([
         {"task": "covid", "fraction": 0.5, "metric": "auc", "init_a": "random", "init_b": "spark", "n_runs": 3,
-         "mean_a": 0.6, "mean_b": 0.7, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.01,
-         "p_ttest_holm": 0.01, "case_ci_low": -0.15, "case_ci_high": -0.05, "holds": True, "verdict": "spark better"},
+         "n_cases": 180, "mean_a": 0.6, "mean_b": 0.7, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.1, "ci_low": -0.2,
+         "ci_high": -0.01, "p_holm": 0.01, "p_run": 0.002, "case_ci_low": -0.15, "case_ci_high": -0.05, "holds": True,
+         "verdict": "spark better"},
         {"task": "covid", "fraction": 0.5, "metric": "f1", "init_a": "random", "init_b": "spark", "n_runs": 3,
-         "mean_a": 0.6, "mean_b": 0.62, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.02, "ci_low": -0.2, "ci_high": 0.1,
-         "p_ttest_holm": 0.5, "case_ci_low": -0.05, "case_ci_high": -0.01, "holds": False,
+         "n_cases": 180, "mean_a": 0.6, "mean_b": 0.62, "sd_a": 0.02, "sd_b": 0.01, "diff": -0.02, "ci_low": -0.2,
+         "ci_high": 0.1, "p_holm": 0.5, "p_run": 0.03, "case_ci_low": -0.05, "case_ci_high": -0.01, "holds": False,
          "verdict": "no difference shown"}])
     t = report.stats_table(comp)
-    assert t.loc[0, "95% CI (runs)"] == "[-0.200, -0.010]" and t.loc[0, "portion"] == "50%"
-    assert t.loc[0, "A (mean ± SD)"] == "0.600 ± 0.020" and t.loc[1, "p (paired t, Holm)"] == "0.5"
+    assert t.loc[0, "95% CI (runs and test cases)"] == "[-0.200, -0.010]" and t.loc[0, "portion"] == "50%"
+    assert t.loc[0, "A (mean ± SD)"] == "0.600 ± 0.020" and t.loc[1, "p (Holm)"] == "0.5"
+    assert t.loc[1, "p (runs only)"] == "0.03" and t.loc[1, "95% CI (test cases only)"] == "[-0.050, -0.010]"
     assert len(report.stats_table(comp, only_holding=True)) == 1
     said = report.claims(comp)  # only the comparison that holds becomes a sentence
     assert len(said) == 1 and "SparK beats Random in AUC by 0.100" in said[0] and "[0.010, 0.200]" in said[0]
+    assert "over runs and test cases" in said[0] and "3 paired runs, 180 test cases per run, Holm p = 0.01" in said[0]
 
 
 def test_headline_is_paired_by_run_with_spread():
