@@ -191,3 +191,19 @@ def test_monai_fit_is_reproducible_and_differs_from_flip():
     with pytest.raises(ValueError, match="augmentation"):
         ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], ft.get_profile(prof, augment="rotate"),
                mean=0.5, std=0.25)
+
+
+def test_gathered_and_whole_batch_ways_are_bit_equal_and_the_grid_is_affine_grids():
+    x = _batch(n=32, size=20)
+    aug = FlipRotate()
+    params = aug.sample(32, device="cpu", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(aug.apply(x, params, select=True), aug.apply(x, params, select=False))
+    flip_only = FlipRotate(rotate=False)
+    assert torch.equal(flip_only.apply(x, params, select=True), flip_only.apply(x, params, select=False))
+    from ssl_lib.finetune_augment import rotation_grid, rotation_theta
+    import torch.nn.functional as F
+
+    angle = params.angle
+    for h, w in ((20, 20), (12, 30)):
+        ref = F.affine_grid(rotation_theta(angle, h, w), [32, 1, h, w], align_corners=False)
+        torch.testing.assert_close(rotation_grid(angle, h, w), ref, atol=1e-6, rtol=0)
