@@ -8,7 +8,13 @@ run's precision and memory format (on CUDA: bfloat16 autocast and channels-last,
 :func:`ssl_lib.pretrain.pretrain`; on the CPU: float32). Runs on a structured synthetic store at
 the profile's store size unless ``--store`` is given.
 
+``--compile`` adds the same step with ``compile=True`` (``torch.compile`` of every network the
+step runs, :meth:`ssl_lib.pretrain.base.PretrainModule.compile_step`; ``--compile-backend``,
+default inductor): its images/s after ``--warmup`` steps (which include compiling) and the ratio
+compiled / eager.
+
     python benchmarks/pretrain_speed.py --profile quick --steps 10 --device cpu
+    python benchmarks/pretrain_speed.py --profile smoke --methods mocov2 --compile --warmup 2 --steps 10
 """
 
 from __future__ import annotations
@@ -53,16 +59,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def our_step(method: str, profile: str, store: SliceStore, device: torch.device, total_steps: int = 1000, **overrides):
+def our_step(method: str, profile: str, store: SliceStore, device: torch.device, total_steps: int = 1000,
+             compile_options: dict | None = None, **overrides):
     """``(step, module, cfg)``: ``step()`` runs one full pre-training step of ``method`` on the next batch of ``store``.
 
     The step as Lightning runs it: store loader -> device -> normalise -> augment -> networks,
     heads, momentum update, queue -> backward -> ``on_after_backward`` -> optimiser and schedule.
-    ``overrides``: config fields (e.g. ``queue_size``).
+    ``overrides``: config fields (e.g. ``queue_size``); ``compile_options``: compile the step's
+    networks with these ``torch.compile`` options (e.g. ``{"backend": "inductor"}``).
     """
     cfg = resolve_device_options(get_config(method, profile, **overrides), device.type)
     module = build_module(method, profile, mean=store.mean, std=store.std, total_steps=total_steps, **overrides)
     module.use_device_options(cuda=device.type == "cuda")
+    if compile_options is not None:
+        module.compile_step(**compile_options)
     module.to(device).train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
@@ -91,9 +101,7 @@ def our_step(method: str, profile: str, store: SliceStore, device: torch.device,
     return step, module, cfg
 
 
-def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
-    """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
-    step, module, cfg = our_step(method, profile, store, device, total_steps=steps + warmup)
+def _step_times(step, steps: int, warmup: int, device: torch.device) -> list[float]:
     times = []
     for i in range(warmup + steps):
         _sync(device)
@@ -102,6 +110,21 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
+    return times
+
+
+def compiled_img_s(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device,
+                   backend: str = "inductor") -> float:
+    """images/s of the full pre-training step with the step's networks compiled (after ``warmup`` steps)."""
+    step, module, cfg = our_step(method, profile, store, device, total_steps=steps + warmup,
+                                 compile_options={"backend": backend})
+    return cfg.batch_size / float(np.median(_step_times(step, steps, max(1, warmup), device)))
+
+
+def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per full pre-training step (method) and per plain backbone step on the same views."""
+    step, module, cfg = our_step(method, profile, store, device, total_steps=steps + warmup)
+    times = _step_times(step, steps, warmup, device)
 
     # the same views through a plain backbone: forward + backward + SGD
     with torch.no_grad():
@@ -135,14 +158,20 @@ def time_method(method: str, profile: str, store: SliceStore, steps: int, warmup
 
 
 def run(profile: str = "quick", steps: int = 10, device: str = "cpu", methods=METHODS, store: str | None = None,
-        warmup: int = 2) -> pd.DataFrame:
+        warmup: int = 2, compile_backend: str | None = None) -> pd.DataFrame:
+    """One row per method; with ``compile_backend`` also ``compiled_img_s`` and ``compiled_vs_eager``."""
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for method in methods:
             cfg = get_config(method, profile)
-            st = SliceStore(store) if store else synthetic_store(Path(tmp), cfg.batch_size * 4, cfg.store_size)
-            rows.append(time_method(method, profile, st, steps, warmup, dev))
+            st = SliceStore(store) if store else synthetic_store(Path(tmp) / method, cfg.batch_size * 4,
+                                                                 cfg.store_size)
+            row = time_method(method, profile, st, steps, warmup, dev)
+            if compile_backend is not None:
+                row["compiled_img_s"] = compiled_img_s(method, profile, st, steps, warmup, dev, compile_backend)
+                row["compiled_vs_eager"] = row["compiled_img_s"] / row["pretrain_img_s"]
+            rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -154,9 +183,13 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--store", default=None, help="a slice store to read (default: a generated one)")
+    ap.add_argument("--compile", action="store_true", help="also time the step with its networks compiled")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --compile")
     args = ap.parse_args(argv)
-    table = run(args.profile, args.steps, args.device, args.methods, args.store, args.warmup)
-    print(f"pre-training speed, profile={args.profile}, device={args.device}, threads={torch.get_num_threads()}")
+    table = run(args.profile, args.steps, args.device, args.methods, args.store, args.warmup,
+                args.compile_backend if args.compile else None)
+    print(f"pre-training speed, profile={args.profile}, device={args.device}, threads={torch.get_num_threads()}"
+          + (f", compiled with {args.compile_backend}" if args.compile else ""))
     print(table.round(2).to_string())
     return table
 

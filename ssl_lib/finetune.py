@@ -6,8 +6,8 @@ the first ten epochs, then the whole model. Where the paper is silent the ``pape
 follows the authors' code: weight decay 5e-4, 70 epochs, the backbone's learning rate ramped up
 after unfreezing as Lightning's ``BackboneFinetuning`` does by default (start at 0.1 x lr, x1.5
 per epoch, capped at lr), the checkpoint with the best validation accuracy is tested, training
-slices are augmented with the authors' MONAI ``RandFlip`` + ``RandRotate`` (``augment="monai"``,
-:mod:`ssl_lib.finetune_augment`), and the backbone's BatchNorm layers keep training while the
+slices are augmented as the authors' MONAI ``RandFlip`` + ``RandRotate`` (``augment="monai"``, batched
+on the device, :mod:`ssl_lib.finetune_augment`), and the backbone's BatchNorm layers keep training while the
 rest of the backbone is frozen, as Lightning's ``BackboneFinetuning`` (``train_bn=True``) does:
 in train mode, their weights and biases updated at the head's lr from the first epoch on
 (``train_bn_frozen``). The smaller profiles instead keep the frozen backbone in eval mode, so
@@ -21,7 +21,8 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
   same at every fraction; :meth:`TaskData.normalised_by`, the paper's "mean and standard deviation
   of the dataset" without its validation and test slices) and repeated to 3 channels
   (:func:`ssl_lib.data.store.normalize_batch`), flipped at random on the batch tensor (or
-  augmented with MONAI on the device, ``augment="monai"``);
+  flipped and rotated as MONAI's transforms in one batched op, ``augment="monai"``), all on the
+  device, indexed with device indices and prepared one step ahead (:mod:`ssl_lib.finetune_feed`);
 * the linear-only phase computes the frozen backbone's features once (of each slice and of its
   mirror image when flipping) and trains the head on them: the same result as running the
   frozen backbone every epoch, at the cost of two forward passes (not with ``augment="monai"``
@@ -34,8 +35,9 @@ Implementation, chosen for speed on small CPUs (plain PyTorch, no Lightning loop
   recomputing them per run, ``benchmarks/grid_speed.py``);
 * the best validation state is kept in memory and the test set is evaluated once with it;
 * on a GPU (the paper profile's setting): bfloat16 autocast (``precision``, see
-  :mod:`ssl_lib.precision`), channels-last tensors, asynchronous host-to-device copies and no
-  per-step host-device sync (the epoch's loss is summed on the device and read once).
+  :mod:`ssl_lib.precision`), channels-last tensors, cuDNN autotuning (:mod:`ssl_lib.torch_flags`,
+  restored after the run), the training slices copied to the device once and no per-step
+  host-device sync (the epoch's loss is summed on the device and read once).
 
 Every run appends one row to ``StudyPaths.results`` (:data:`ssl_lib.runs.RESULT_COLUMNS`) and writes
 per-epoch curves (``finetune/curves``) and per-slice test probabilities (``finetune/predictions``,
@@ -63,8 +65,9 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .data.store import SliceStore, normalize_batch
-from .finetune_augment import AUGMENTS, MonaiAugment
 from .baselines import BASELINE_INITS, IMAGENET
+from .finetune_augment import AUGMENTS, FlipRotate
+from .finetune_feed import Prefetcher, prepare_images, random_mask, shuffled_batches, to_device
 from .inits import (EncoderInit, InitError, apply_init, available_methods, has_imagenet, list_encoder_epochs,  # noqa: F401
                     load_init, use_imagenet_weights)  # use_imagenet_weights: re-exported for the notebooks
 from .metrics import accuracy, auc, compute_metrics
@@ -75,6 +78,7 @@ from .profiles import FinetuneProfile
 from .profiles import finetune_profile as get_profile
 from .precision import autocast, resolve_channels_last, resolve_precision
 from .reduction import reduce_indices, stop_reducing
+from .torch_flags import run_flags, torch_flags
 from .runs import RESULT_COLUMNS, RUN_KEY, append_result, read_results, run_file, write_curves, write_predictions  # noqa: F401 (RESULT_COLUMNS: re-exported)
 from .tasks import (Split, TaskSpec, class_counts, fold_of, get_task, task_names,
                     task_splits, task_store_path, use_study_tasks)
@@ -173,11 +177,6 @@ class FitResult:
     val_metrics: dict
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
-
-
 def device_options(prof: FinetuneProfile, device: str | torch.device) -> tuple[bool, str]:
     """``(channels_last, precision)`` of ``prof`` on ``device`` (``None``/``"auto"`` resolved)."""
     precision = resolve_precision(device, prof.precision)
@@ -191,37 +190,39 @@ def _prep(x_uint8: torch.Tensor, mean: float, std: float, device, channels_last:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip of each slice of a batch ``(B, C, H, W)``."""
-    mask = torch.rand(x.shape[0], generator=generator) < 0.5
-    return torch.where(mask.to(x.device, non_blocking=True)[:, None, None, None], x.flip(-1), x)
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, *,
+                   device: str | torch.device = "cpu", precision: str = "32-true") -> torch.Tensor:
+    """One full-model step on a prepared float batch ``x`` ``(B, 3, H, W)`` and labels ``(B,)`` on the device.
+
+    Forward and loss under ``precision``'s autocast, backward, optimiser step. Returns the batch's
+    cross-entropy loss as a detached 0-d tensor on the device (no host-device sync).
+    """
+    with autocast(device, precision):
+        loss = F.cross_entropy(model(x), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, *,
                mean: float, std: float, device: str | torch.device = "cpu", channels_last: bool = False,
                flip: bool = True, generator: torch.Generator | None = None,
                precision: str = "32-true", augment=None) -> torch.Tensor:
-    """One full-model step on a uint8 batch ``(B, 1, H, W)``: flip, normalise, forward, backward, Adam.
+    """One full-model step on a uint8 batch ``(B, 1, H, W)``: normalise, flip/augment, forward, backward, Adam.
 
-    ``augment``: a callable applied to the normalised float batch on the device (e.g.
-    :class:`~ssl_lib.finetune_augment.MonaiAugment`), after the optional flip.
-
+    :func:`ssl_lib.finetune_feed.prepare_images` then :func:`optimizer_step`. ``augment``: a
+    callable ``(x, generator)`` applied to the normalised batch on the device (e.g.
+    :class:`~ssl_lib.finetune_augment.FlipRotate`), after the optional flip; ``generator``: where
+    the flip and the augmentation draw (a generator on the device; default: the global one).
     ``precision="bf16-mixed"`` runs forward and loss under bfloat16 autocast. Returns the batch's
     cross-entropy loss as a detached 0-d tensor on ``device`` (no host-device sync; ``float()`` it
     when needed).
     """
-    images = images.to(device, non_blocking=True)  # asynchronous from pinned memory; flip on the device
-    if flip:
-        images = _flip(images, generator if generator is not None else torch.default_generator)
-    x = _prep(images, mean, std, device, channels_last)
-    if augment is not None:
-        x = augment(x)
-    with autocast(device, precision):
-        loss = F.cross_entropy(model(x), labels.to(device, non_blocking=True))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
+    device = torch.device(device)
+    x = prepare_images(images, mean=mean, std=std, device=device, channels_last=channels_last, flip=flip,
+                       augment=augment, generator=generator)
+    return optimizer_step(model, opt, x, labels.to(device, non_blocking=True), device=device, precision=precision)
 
 
 @torch.inference_mode()
@@ -384,36 +385,62 @@ class FrozenFeatures:
 def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
         profile: str | FinetuneProfile, *, mean: float, std: float, seed: int = 0,
         device: str | torch.device = "cpu", progress: bool = False,
-        frozen: FrozenFeatures | None = None) -> FitResult:
+        frozen: FrozenFeatures | None = None, prefetch: bool = True) -> FitResult:
     """Fine-tune ``model`` in place (linear-only, then full), return it at its best validation epoch.
 
     ``train_x``/``val_x``: uint8 ``(N, 1, H, W)``; ``train_y``/``val_y``: int64 ``(N,)``.
     ``frozen``: the linear phase's features when already computed (they must come from this
     model's backbone on these slices, see :func:`frozen_features`); computed here otherwise.
+
+    The input path (:mod:`ssl_lib.finetune_feed`): slices and labels go to the device once, every
+    random draw (epoch order, flips, the MONAI flip + rotation's per-sample parameters) comes from
+    one generator on the device seeded with ``seed``, and with ``prefetch`` each batch is prepared
+    one step ahead (on CUDA on a side stream; the results are the same without). The run holds
+    PyTorch's numerics flags as :func:`ssl_lib.torch_flags.run_flags` says for the device (CPU:
+    deterministic; CUDA: cuDNN autotuning) and restores them afterwards.
     """
     prof = get_profile(profile)
     device = torch.device(device)
-    gen = torch.Generator().manual_seed(int(seed))
+    if prof.augment not in AUGMENTS:
+        raise ValueError(f"unknown fine-tuning augmentation {prof.augment!r}; choose one of {AUGMENTS}")
+    if frozen is not None and not prof.cached_features:
+        raise ValueError(f"profile {prof.name!r} trains its linear phase on augmented batches (augment="
+                         f"{prof.augment!r}, train_bn_frozen={prof.train_bn_frozen}); pass no frozen features")
+    with torch_flags(**run_flags(device)):
+        return _fit(model, train_x, train_y, val_x, val_y, prof, mean=mean, std=std, seed=seed, device=device,
+                    progress=progress, frozen=frozen, prefetch=prefetch)
+
+
+def _fit(model: Classifier, train_x, train_y, val_x, val_y, prof: FinetuneProfile, *, mean: float, std: float,
+         seed: int, device: torch.device, progress: bool, frozen: FrozenFeatures | None, prefetch: bool) -> FitResult:
+    gen = torch.Generator(device=device).manual_seed(int(seed))
     model.to(device)
     cl, precision = device_options(prof, device)
     if cl:
         model.to(memory_format=torch.channels_last)
-    if prof.augment not in AUGMENTS:
-        raise ValueError(f"unknown fine-tuning augmentation {prof.augment!r}; choose one of {AUGMENTS}")
     bn_params = [p for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                  for p in m.parameters(recurse=False)] if prof.train_bn_frozen else []
     bn_ids = {id(p) for p in bn_params}
     head_params = list(model.head.parameters()) + bn_params  # Lightning: BN trains with the head from the start
     bb_params = [p for p in model.backbone.parameters() if id(p) not in bn_ids]
     opt = torch.optim.Adam([{"params": head_params}, {"params": bb_params}], lr=prof.lr, weight_decay=prof.weight_decay)
-    if frozen is not None and not prof.cached_features:
-        raise ValueError(f"profile {prof.name!r} trains its linear phase on augmented batches (augment="
-                         f"{prof.augment!r}, train_bn_frozen={prof.train_bn_frozen}); pass no frozen features")
-    augment = MonaiAugment(seed=int(seed)) if prof.augment == "monai" else None
-    y_tr, y_va = train_y.to(device), val_y.numpy()
+    augment = FlipRotate() if prof.augment == "monai" else None
+    flip = prof.augment == "flip"
+    x_tr, y_tr = to_device(train_x, device), to_device(train_y, device)  # once: batches are indexed on the device
+    val_x, y_va = to_device(val_x, device), val_y.numpy()
+    feed = Prefetcher(device, prefetch)
     rows: list[dict] = []
     best_key, best_state, best_epoch, best_val = None, None, -1, {}
     bar = _progress(prof.epochs, progress, "fine-tune")
+
+    def images(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch ready for the network: prepared images ``(B, 3, H, W)`` and labels ``(B,)``."""
+        x = prepare_images(x_tr[idx], mean=mean, std=std, device=device, channels_last=cl, flip=flip,
+                           augment=augment, generator=gen)
+        return x, y_tr[idx]
+
+    def epoch_batches(n: int) -> list[torch.Tensor]:
+        return shuffled_batches(n, prof.batch_size, gen)
 
     def _record(epoch: int, phase: str, loss: float, probs: np.ndarray, bb_lr: float, t0: float):
         nonlocal best_key, best_state, best_epoch, best_val
@@ -439,18 +466,15 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
             model.head.train()
             model.backbone.train(prof.train_bn_frozen)  # BN layers in train mode, as train_bn=True
             total, n = torch.zeros((), device=device), 0
-            for idx in _batches(len(train_x), prof.batch_size, gen):
-                x = _prep(_pinned(train_x[idx], device), mean, std, device, cl)
-                if augment is not None:
-                    x = augment(x)
+            for x, y in feed(epoch_batches(len(x_tr)), images):
                 with autocast(device, precision), torch.set_grad_enabled(prof.train_bn_frozen):
                     feats = model.backbone(x)
                 with autocast(device, precision):
-                    loss = F.cross_entropy(model.head(feats), y_tr[idx])
+                    loss = F.cross_entropy(model.head(feats), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, n = total + loss.detach() * len(idx), n + len(idx)
+                total, n = total + loss.detach() * len(y), n + len(y)
             probs = predict_proba(model, val_x, mean, std, batch_size=prof.eval_batch_size, device=device,
                                   channels_last=cl, precision=precision)
             _record(epoch, "linear", float(total) / max(n, 1), probs, 0.0, t0)
@@ -464,27 +488,31 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
             p.requires_grad_(False)
         if frozen is None:
             frozen = FrozenFeatures(
-                _features(model.backbone, train_x, mean, std, prof.eval_batch_size, device, cl, precision=precision),
-                _features(model.backbone, train_x, mean, std, prof.eval_batch_size, device, cl, flip=True,
-                          precision=precision) if prof.augment == "flip" else None,
+                _features(model.backbone, x_tr, mean, std, prof.eval_batch_size, device, cl, precision=precision),
+                _features(model.backbone, x_tr, mean, std, prof.eval_batch_size, device, cl, flip=True,
+                          precision=precision) if flip else None,
                 _features(model.backbone, val_x, mean, std, prof.eval_batch_size, device, cl, precision=precision))
         f0, f1, fv = frozen.train, frozen.train_flipped, frozen.val
-        if (prof.augment == "flip") != (f1 is not None) or len(f0) != len(train_x) or len(fv) != len(val_x):
+        if flip != (f1 is not None) or len(f0) != len(train_x) or len(fv) != len(val_x):
             raise ValueError("frozen features do not match the training/validation slices or the augmentation")
+
+        def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """A batch of cached features ``(B, D)`` (each the mirror image's with p 0.5 when flipping) and labels."""
+            feats = f0[idx]
+            if f1 is not None:
+                feats = torch.where(random_mask(len(idx), gen, feats.device)[:, None], f1[idx], feats)
+            return feats, y_tr[idx]
+
         opt.param_groups[0]["lr"] = prof.lr if prof.linear_lr is None else prof.linear_lr
         for epoch in range(prof.linear_epochs):
             model.head.train()
             total, n = torch.zeros((), device=device), 0
-            for idx in _batches(len(f0), prof.batch_size, gen):
-                feats = f0[idx]
-                if f1 is not None:
-                    mask = (torch.rand(len(idx), generator=gen) < 0.5).to(device, non_blocking=True)
-                    feats = torch.where(mask[:, None], f1[idx], feats)
-                loss = F.cross_entropy(model.head(feats), y_tr[idx])
+            for feats, y in feed(epoch_batches(len(f0)), features):
+                loss = F.cross_entropy(model.head(feats), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, n = total + loss.detach() * len(idx), n + len(idx)
+                total, n = total + loss.detach() * len(y), n + len(y)
             with torch.inference_mode():
                 probs = torch.softmax(model.head(fv), 1).cpu().numpy().astype(np.float64)
             _record(epoch, "linear", float(total) / max(n, 1), probs, 0.0, t0)  # one sync per epoch
@@ -501,11 +529,9 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
         opt.param_groups[1]["lr"] = bb_lr
         model.train()
         total, n = torch.zeros((), device=device), 0
-        for idx in _batches(len(train_x), prof.batch_size, gen):
-            loss = train_step(model, opt, _pinned(train_x[idx], device), y_tr[idx], mean=mean, std=std, device=device,
-                              channels_last=cl, flip=prof.augment == "flip", generator=gen, precision=precision,
-                              augment=augment)
-            total, n = total + loss * len(idx), n + len(idx)
+        for x, y in feed(epoch_batches(len(x_tr)), images):
+            loss = optimizer_step(model, opt, x, y, device=device, precision=precision)
+            total, n = total + loss * len(y), n + len(y)
         probs = predict_proba(model, val_x, mean, std, batch_size=prof.eval_batch_size, device=device, channels_last=cl,
                               precision=precision)
         _record(epoch, "full", float(total) / max(n, 1), probs, bb_lr, t0)  # one sync per epoch
@@ -518,11 +544,6 @@ def fit(model: Classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: 
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return FitResult(model, best_epoch, pd.DataFrame(rows), best_val)
-
-
-def _pinned(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` in page-locked memory when it goes to a GPU, so that ``to(..., non_blocking=True)`` is asynchronous."""
-    return x.pin_memory() if device.type == "cuda" else x
 
 
 def _progress(total: int, show: bool, desc: str):

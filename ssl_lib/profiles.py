@@ -84,7 +84,7 @@ class FinetuneProfile:
     after unfreezing starts at ratio x lr and grows by the factor per epoch up to lr (``None``:
     full lr at once); ``select_metric``: validation metric that picks the tested epoch (ties:
     lower validation loss); ``augment``: ``"flip"`` (random horizontal flip), ``"monai"`` (the
-    authors' MONAI flip + rotation, :class:`ssl_lib.finetune_augment.MonaiAugment`) or ``"none"``;
+    authors' MONAI flip + rotation, batched: :class:`ssl_lib.finetune_augment.FlipRotate`) or ``"none"``;
     ``train_bn_frozen``: the backbone's BatchNorm layers train (mode and affine parameters, at the
     head's lr) while the rest of the backbone is frozen, as Lightning's ``BackboneFinetuning``;
     ``fractions``: reduction steps per task; ``stop_f1``: the paper's stopping rule (``None``: run

@@ -13,3 +13,14 @@ def test_benchmark_runs_at_smoke_size(capsys):
     assert np.isfinite(table[["pretrain_img_s", "plain_img_s", "overhead"]].to_numpy()).all()
     assert table.loc["swav", "views"] == "2x32 + 2x16"
     assert "overhead" in capsys.readouterr().out
+
+
+def test_compile_column_at_smoke_size(capsys):
+    """``--compile`` adds the compiled step's images/s (aot_eager here: inductor takes minutes on 2 cores)."""
+    bench = load_benchmark("pretrain_speed")
+    table = bench.main(["--profile", "smoke", "--steps", "1", "--warmup", "1", "--device", "cpu", "--methods",
+                        "mocov2", "--compile", "--compile-backend", "aot_eager"])
+    assert table.loc["mocov2", "compiled_img_s"] > 0
+    assert np.isclose(table.loc["mocov2", "compiled_vs_eager"],
+                      table.loc["mocov2", "compiled_img_s"] / table.loc["mocov2", "pretrain_img_s"])
+    assert "compiled with aot_eager" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The GPU path (bf16 autocast, channels-last, compile, loader workers, no per-step syncs), checked on the CPU."""
 
+import copy
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import lightning.pytorch as pl
 import torch
 
 import ssl_lib.finetune as ft
@@ -16,6 +18,7 @@ from ssl_lib.models.classifier import Classifier
 from ssl_lib.precision import autocast, resolve_channels_last, resolve_precision
 from ssl_lib.pretrain import METHODS, PROFILES, build_module, get_config, method_class, pretrain
 from ssl_lib.pretrain.run import MetricsLog, StoreDataModule, resolve_device_options
+from ssl_lib.torch_flags import run_flags, torch_flags
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,13 +146,116 @@ def test_pretrain_defaults_on_cpu_and_channels_last_option(store, tmp_path):
     assert exported.is_contiguous()  # the exported encoder is a plain torchvision state dict
 
 
-def test_compile_option_compiles_the_encoder_in_place():
+def test_compile_option_compiles_what_the_step_runs_in_place():
     module = build_module("byol", "smoke", compile=True)
-    keys = set(module.encoder.state_dict())
+    keys = set(module.state_dict())
     module.use_device_options(cuda=False)
-    assert module.encoder._compiled_call_impl is not None  # lazily compiled on first call
-    assert set(module.encoder.state_dict()) == keys  # torchvision keys kept (no _orig_mod.)
+    for m in (module.encoder, module.projection_head, module.prediction_head, module.backbone_momentum,
+              module.projection_head_momentum):
+        assert m._compiled_call_impl is not None  # lazily compiled on first call; momentum copies too
+    assert set(module.state_dict()) == keys  # checkpoint and torchvision keys kept (no _orig_mod.)
     assert not module.channels_last
+    spark = build_module("spark", "smoke")
+    assert spark.compile_targets() == [spark.spark]  # its step calls SparK (sparse encoder path), never encoder.forward
+    moco = build_module("mocov2", "smoke")
+    assert moco.compile_targets() == [moco.backbone, moco.projection_head, moco.backbone_momentum,
+                                      moco.projection_head_momentum]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compiled_step_gives_the_eager_loss_and_gradients(method):
+    """Compiled with ``backend="aot_eager"`` (Dynamo capture and AOTAutograd's traced forward and backward,
+    without inductor's C++ code generation, which takes minutes per method on 2 CPU cores; the
+    benchmark ``benchmarks/pretrain_speed.py --compile`` runs inductor)."""
+    torch.manual_seed(0)
+    eager = build_module(method, "smoke", mean=0.5, std=0.25, total_steps=10)
+    compiled = copy.deepcopy(eager)
+    targets = compiled.compile_step(backend="aot_eager")
+    assert targets and all(m._compiled_call_impl is not None for m in targets)
+    cfg = eager.cfg
+    x = torch.randint(0, 255, (cfg.batch_size, 1, cfg.store_size, cfg.store_size), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(1))
+    results = []
+    for module in (eager, compiled):
+        module.train()
+        for step in range(2):  # the second step: momentum copies, queue and prototypes moved on
+            module.zero_grad(set_to_none=True)
+            loss = module.step_loss(module.normalize(x), module.step_generator(step))
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
+    (le, ge), (lc, gc) = results
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-6)
+    assert ge.keys() == gc.keys() and len(ge) > 10
+    for name in ge:
+        torch.testing.assert_close(gc[name], ge[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_run_flags_autotune_on_cuda_and_are_deterministic_on_cpu():
+    assert run_flags("cuda") == {"deterministic": False, "benchmark": True}
+    assert run_flags(torch.device("cuda", 0)) == {"deterministic": False, "benchmark": True}
+    assert run_flags("cpu") == {"deterministic": True, "benchmark": False}
+
+
+def _flags():
+    return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+def test_torch_flags_are_restored_also_after_an_error():
+    before = _flags()
+    with torch_flags(deterministic=True, benchmark=True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert _flags() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_flags(deterministic=True, benchmark=True):
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # as Lightning sets it
+            raise RuntimeError("inside")
+    assert _flags() == before
+
+
+def test_cpu_runs_leave_no_global_flags_behind(store, tmp_path):
+    """A CPU pre-training and a CPU fine-tuning, then the flags as before (a CUDA fine-tuning in the same
+    kernel failed in adaptive_avg_pool2d's backward when the pre-training left determinism on)."""
+    before = _flags()
+    assert not before[0]
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, *args):
+            seen.append(_flags())
+
+    pretrain("byol", store, tmp_path / "byol", profile="smoke", epochs=1, max_steps=1, progress=False,
+             callbacks=[Probe()])
+    assert seen and seen[0][:3] == (True, False, True)  # deterministic during the CPU run
+    assert _flags() == before
+    x, y = torch.randint(0, 255, (8, 1, 32, 32), dtype=torch.uint8), torch.arange(8) % 2
+    ft.fit(Classifier("resnet18", 2), x, y, x[:4], y[:4], ft.get_profile("smoke", batch_size=4, linear_epochs=0,
+                                                                          full_epochs=1), mean=0.5, std=0.25)
+    assert _flags() == before
+
+
+def test_pretrain_builds_its_trainer_with_cudnn_autotuning_on_cuda(store, tmp_path, monkeypatch):
+    """On CUDA (simulated: no GPU here) the Trainer gets ``benchmark=True, deterministic=False``; flags restored."""
+    import ssl_lib.pretrain.run as run
+
+    got = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(**kwargs):
+        got.update(kwargs, inside=_flags())
+        raise Stop
+
+    monkeypatch.setattr(run, "is_cuda", lambda accelerator: True)
+    monkeypatch.setattr(run.pl, "Trainer", fake_trainer)
+    before = _flags()
+    with pytest.raises(Stop):
+        pretrain("byol", store, tmp_path / "gpu", profile="smoke", epochs=1, max_steps=1, progress=False,
+                 accelerator="cpu", num_workers=0, pin_memory=False)
+    assert got["benchmark"] is True and got["deterministic"] is False
+    assert got["inside"][:2] == (False, True)  # set for the run ...
+    assert _flags() == before  # ... and put back
 
 
 def test_device_options_of_finetune_profiles():
@@ -168,16 +274,21 @@ def test_finetune_bf16_autocast_on_cpu_gives_finite_metrics_without_step_syncs(m
     counter = SyncCounter(monkeypatch)
     step = ft.train_step
 
-    def counted(*a, **k):
-        counter.active = True
-        try:
-            return step(*a, **k)
-        finally:
-            counter.active = False
+    def counting(fn):
+        def counted(*a, **k):
+            counter.active = True
+            try:
+                return fn(*a, **k)
+            finally:
+                counter.active = False
+        return counted
 
-    monkeypatch.setattr(ft, "train_step", counted)
+    calls = []
+    for name in ("optimizer_step", "prepare_images"):  # the full-model step and its input path
+        fn = getattr(ft, name)
+        monkeypatch.setattr(ft, name, counting(lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k)))
     res = ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], prof, mean=0.5, std=0.25)
-    assert counter.calls == []  # no per-step sync in the full-model step
+    assert counter.calls == [] and {"optimizer_step", "prepare_images"} <= set(calls)  # no per-step sync
     curves = res.curves
     assert len(curves) == 3 and np.isfinite(curves[["train_loss", "val_loss", "val_accuracy"]].to_numpy()).all()
     loss = step(res.model.train(), torch.optim.SGD(res.model.parameters(), lr=0.0), x[:4], y[:4], mean=0.5,

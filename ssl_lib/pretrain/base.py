@@ -66,7 +66,8 @@ class PretrainConfig:
     for the accelerator, see :mod:`ssl_lib.precision`): ``precision`` (Lightning's name; ``"auto"``:
     ``"bf16-mixed"`` on CUDA, ``"32-true"`` on the CPU), ``channels_last`` (backbone weights and
     input views in channels-last memory format; ``None``: on CUDA only), ``compile``
-    (``torch.compile`` of the exported backbone, off by default), ``num_workers`` (loader worker
+    (``torch.compile`` of every network the training step runs, in place: online and momentum
+    networks, heads, SparK's sparse encoder, decoder and loss; off by default), ``num_workers`` (loader worker
     processes; ``None``: up to 8 per device on CUDA, 0 on the CPU) and ``pin_memory`` (``None``:
     on CUDA only).
 
@@ -224,14 +225,32 @@ class PretrainModule(pl.LightningModule):
         """Apply the config's memory format and compile options for a run on CUDA (``cuda``) or the CPU.
 
         channels-last converts every 4-D weight (backbones, momentum copies, SparK's decoder) and
-        makes :meth:`rgb` hand the networks channels-last views; ``compile`` compiles the exported
-        encoder in place (``nn.Module.compile``: state-dict keys stay torchvision's).
+        makes :meth:`rgb` hand the networks channels-last views; ``compile`` compiles what the
+        training step runs (:meth:`compile_step`).
         """
         self.channels_last = resolve_channels_last("cuda" if cuda else "cpu", self.cfg.channels_last)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
         if self.cfg.compile:
-            self.encoder.compile()
+            self.compile_step()
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks :meth:`step_loss` calls, each compiled by :meth:`compile_step`: the online modules.
+
+        Those are what the step runs for every method whose step calls its modules (BYOL's and MoCo's
+        backbone and heads, SwAV's backbone, head and prototypes, SparK's whole :class:`SparK` with
+        its sparse encoder path, decoder and loss: its step never calls ``encoder.forward``);
+        :class:`MomentumModule` adds the momentum copies.
+        """
+        return list(self.online_modules())
+
+    def compile_step(self, **options) -> list[nn.Module]:
+        """``torch.compile`` every module of :meth:`compile_targets` in place (``nn.Module.compile(**options)``,
+        e.g. ``backend="aot_eager"``): state-dict keys and checkpoints stay as they are. Returns them."""
+        targets = self.compile_targets()
+        for m in targets:
+            m.compile(**options)
+        return targets
 
     def rgb(self, x: torch.Tensor) -> torch.Tensor:
         """A grey view ``(B, 1, h, w)`` as the networks' input ``(B, 3, h, w)`` (:func:`to_rgb`, channels-last if set)."""
@@ -331,6 +350,10 @@ class MomentumModule(PretrainModule):
     def momentum_now(self) -> float:
         """The EMA momentum ``m`` of the current step."""
         raise NotImplementedError
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The online modules and their momentum copies (the key/target networks run every step too)."""
+        return super().compile_targets() + [copy for _, copy in self.momentum_pairs()]
 
     def update_momentum_copies(self) -> float:
         """One EMA step of every copy towards its online module; returns the ``m`` used."""

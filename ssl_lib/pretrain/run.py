@@ -26,8 +26,11 @@ batch norm keeps per-rank statistics.
 GPU path (every profile, resolved per accelerator by :func:`resolve_device_options`): on CUDA
 bf16-mixed precision (Lightning AMP), channels-last weights and views, persistent loader
 workers with pinned memory, and no host-device sync per step (the loss stays on the device
-until the epoch ends; the progress bar shows it only on the CPU); ``compile=True`` adds
-``torch.compile`` of the encoder. On the CPU: float32, contiguous, no workers.
+until the epoch ends; the progress bar shows it only on the CPU), cuDNN autotuning
+(``benchmark=True``: the shapes are fixed); ``compile=True`` adds ``torch.compile`` of every
+network the training step runs (:meth:`~.base.PretrainModule.compile_targets`). On the CPU:
+float32, contiguous, no workers, deterministic algorithms. Both flags are process-wide in PyTorch;
+:func:`pretrain` restores them when the run ends (:mod:`ssl_lib.torch_flags`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from ..console import quiet_lightning
 from ..data.store import SliceStore
 from ..precision import is_cuda, resolve_channels_last, resolve_precision
+from ..torch_flags import run_flags, torch_flags
 from .base import PretrainConfig, PretrainError, PretrainModule
 from .encoder_file import encoder_file, list_encoder_epochs, save_encoder, torch_save_atomic
 from .registry import get_config, method_class
@@ -343,21 +347,23 @@ def pretrain(
     module.use_device_options(cuda=use_gpu)
     data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
     quiet_lightning()  # no GPU/TPU/tip/"fit stopped" chatter on the notebook pages (ssl_lib.console)
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
-        precision=cfg.precision,
-        max_epochs=cfg.epochs, max_steps=-1 if max_steps is None else int(max_steps),
-        sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and use_gpu),
-        use_distributed_sampler=False, logger=False, enable_model_summary=False,
-        enable_progress_bar=progress, deterministic=not use_gpu, benchmark=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
-                   EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if (resume and last.exists()) else None)
-    wall = time.perf_counter() - start
+    flags = run_flags("cuda" if use_gpu else "cpu")  # CPU: deterministic; CUDA: cuDNN autotuning (fixed shapes)
+    with torch_flags(**flags):  # the Trainer sets them process-wide; restored when the run ends
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
+            precision=cfg.precision,
+            max_epochs=cfg.epochs, max_steps=-1 if max_steps is None else int(max_steps),
+            sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and use_gpu),
+            use_distributed_sampler=False, logger=False, enable_model_summary=False,
+            enable_progress_bar=progress, **flags,
+            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
+            plugins=[AtomicCheckpointIO()],
+            callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
+                       EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if (resume and last.exists()) else None)
+        wall = time.perf_counter() - start
     metrics = pd.read_csv(out_dir / "metrics.csv") if (out_dir / "metrics.csv").exists() else pd.DataFrame()
     steps = pd.read_csv(out_dir / "steps.csv") if (out_dir / "steps.csv").exists() else pd.DataFrame()
     return PretrainResult(
