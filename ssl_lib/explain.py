@@ -607,14 +607,15 @@ class GradCamResult:
 
 def lung_task(task: str) -> bool:
     """Whether the lung is scored for ``task`` by default: the paper's claim is about the COVID-19
-    chest CT slices, so the ``covid`` task (and a user task whose options say ``"lung": true``)."""
+    chest CT slices, so the ``covid`` task and user tasks read with the COVID-CT reader; any other
+    task when asked (``run_gradcam(..., lung=True)``, the chapter's ``lung`` parameter)."""
     if task == "covid":
         return True
     from .tasks import get_task
 
     try:
-        return bool(get_task(task).options.get("lung", False))
-    except Exception:  # an unknown task: no lung
+        return get_task(task).reader == "covid"
+    except (KeyError, ValueError):  # an unknown task: no lung
         return False
 
 

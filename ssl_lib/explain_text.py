@@ -27,13 +27,18 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .explainers import explainer_label, occlusion_positions
+from .explainers import EXPLAINERS, explainer_label, occlusion_positions
 from .pretrain.registry import init_label
 
 __all__ = ["agreement_text", "chapter_text", "coverage_text", "findings", "heat_coverage", "lesion_text", "lung_text",
            "measures_text", "score_grid", "versus_baselines"]
 
 RANDOM = "random"
+
+
+def _kind(name: str) -> str:
+    """The registry kind of an explainer; an unknown name counts as a class activation map."""
+    return EXPLAINERS[name].kind if name in EXPLAINERS else "cam"
 
 
 def _f(x: float) -> str:
@@ -82,7 +87,7 @@ def coverage_text(meta: Mapping, labels: np.ndarray, *, n_occlusion: int | None 
                  else f"{n_occlusion} of the {pool} {scope} (a random subset)")
         where = ("" if side is None else
                  f" ({occlusion_positions(side, occ['size'], occ['stride']) ** 2} positions per image)")
-        out.append(f"Occlusion sensitivity covers {which}: a {occ['size']} × {occ['size']} px square of grey "
+        out.append(f"Occlusion sensitivity covers {which}: a square of {occ['size']} × {occ['size']} px and grey "
                    f"value {occ['fill']} (of 0-255) moved in steps of {occ['stride']} px{where}, one forward pass "
                    "per position; a pixel's value is how much hiding it lowers the probability of the explained class.")
     return " ".join(out)
@@ -127,7 +132,7 @@ def lesion_text(scores: pd.DataFrame, *, label: Callable[[str], str] = init_labe
     scores = scores[scores["region"] == "lesion"] if len(scores) else scores
     if not len(scores):
         return ""
-    out = []
+    out, blank = [], []
     explainers = _explainers(scores)
     verdicts: dict[str, dict[str, str]] = {}
     for e in explainers:
@@ -139,12 +144,19 @@ def lesion_text(scores: pd.DataFrame, *, label: Callable[[str], str] = init_labe
         for init, row in models.iterrows():
             v = versus_baselines(row["mean"], row["ci_low"], row["ci_high"], u, c)
             verdicts.setdefault(e, {})[init] = v
-            if v != "none":
-                groups.setdefault(v, []).append(f"{label(init)} {_ci(row)}")
+            groups.setdefault(v, []).append(f"{label(init)} {_ci(row)}" if v != "none" else label(init))
+        if set(groups) == {"none"}:
+            blank.append(explainer_label(e))
+            continue
         n_img = int(models["n"].max())
         parts = [f"{_PHRASE[v]}: {_join(groups[v])}" for v in _PHRASE if v in groups]
+        if "none" in groups:
+            parts.append(f"every map constant, no score: {_join(groups['none'])}")
         out.append(f"- **{explainer_label(e)}** ({n_img} images; uniform-random map {_f(u)}, centre Gaussian "
                    f"{_f(c)}): " + "; ".join(parts) + ".")
+    if blank:
+        out.append(f"- **{_join(blank)}**: every map of every model is constant (no positive evidence for the "
+                   "explained class), so there is nothing to place.")
     if not out:
         return ""
     text = ["**Where the maps lie: the lesion.** Share of each map's energy inside the lesion mask, on the "
@@ -153,10 +165,10 @@ def lesion_text(scores: pd.DataFrame, *, label: Callable[[str], str] = init_labe
     summary = []
     for e in explainers:
         v = verdicts.get(e, {})
-        if v:
+        if v and explainer_label(e) not in blank:
             k = sum(x in ("above both", "above uniform only") for x in v.values())
             summary.append(f"{explainer_label(e)} {k}")
-    if summary:
+    if len(summary) > 1:
         n_models = max(len(v) for v in verdicts.values())
         text.append(f"Models whose maps lie above the uniform-random map, of {n_models}: {_join(summary)}.")
     best = _best_explainer_per_init(scores)
@@ -215,16 +227,21 @@ def _random_text(scores: pd.DataFrame, label: Callable[[str], str]) -> str:
             s += f" ({_join(unscored)}: every map constant, no score)"
         out.append(f"{explainer_label(e)}: {s}.")
         if beats_on_first is None:
-            beats_on_first = bool(below)
+            beats_on_first = (e, bool(below))
     if not out:
         return ""
     text = "**Random initialisation against pre-training.** " + " ".join(out)
-    if beats_on_first:  # random beats at least one pre-trained model on the first (the paper's) method
+    if beats_on_first and beats_on_first[1]:  # random beats a pre-trained model on the first method scored
         text += (" This is about where the maps lie, not about how well the models classify (their test AUCs are in "
-                 "the Results chapter): a larger share inside the lesion says that the explanation of the model "
-                 "without pre-training is more concentrated on the finding, not that pre-training made the models "
-                 "look elsewhere, since a gradient map can miss what a model uses; occlusion, which asks the model "
-                 "directly, is the check.")
+                 "the Results chapter).")
+        if _kind(beats_on_first[0]) == "cam":
+            text += (" A larger share inside the lesion says that the gradient map of the model without pre-training "
+                     "is more concentrated on the finding, not that pre-training made the models look elsewhere: a "
+                     "gradient map can miss what a model uses, and occlusion, which asks the model directly, is the "
+                     "check.")
+        else:
+            text += (" It says that hiding the lesion lowers the probability of the model without pre-training more "
+                     "than that of the others, relative to hiding the rest of the image.")
     return text
 
 
@@ -235,7 +252,7 @@ def lung_text(scores: pd.DataFrame, *, label: Callable[[str], str] = init_label)
     scores = scores[scores["region"] == "lung"] if len(scores) else scores
     if not len(scores):
         return ""
-    out = []
+    out, blank = [], []
     for e in _explainers(scores):
         point, _ = _block(scores, e, "lung", "pointing")
         energy, _ = _block(scores, e, "lung", "energy")
@@ -243,12 +260,17 @@ def lung_text(scores: pd.DataFrame, *, label: Callable[[str], str] = init_label)
             continue
         area = float(energy["chance"].iloc[0]) if len(energy) else float(point["chance"].iloc[0])
         finite = point[np.isfinite(point["mean"].astype(float))]
+        if finite.empty:
+            blank.append(explainer_label(e))
+            continue
         major = [i for i, row in finite.iterrows() if row["mean"] > 0.5]
         each = "; ".join(f"{label(i)} {_f(row['mean'])} / {_f(energy.loc[i, 'mean']) if i in energy.index else 'n/a'}"
                          for i, row in point.iterrows())
         out.append(f"- **{explainer_label(e)}** ({int(point['n'].max())} images; the lung covers {_f(area)} of the "
                    f"image): maximum in the lung for over half of the images in "
-                   f"{_count(len(major), len(point), 'models')}. Pointing rate / energy share: {each}.")
+                   f"{_count(len(major), len(finite), 'models scored')}. Pointing rate / energy share: {each}.")
+    if blank:
+        out.append(f"- **{_join(blank)}**: every map of every model is constant, nothing to place.")
     if not out:
         return ""
     return "\n".join(["**The paper's claim: are the focus points in the lung?** Wolf et al. write that \"the majority "
@@ -266,7 +288,9 @@ def agreement_text(agreement: pd.DataFrame, *, label: Callable[[str], str] = ini
         return ""
     t = agreement[np.isfinite(agreement["mean_r"].astype(float))]
     if t.empty:
-        return ""
+        ref = explainer_label(str(agreement["reference"].iloc[0]))
+        return (f"No gradient map could be compared with {ref}: on the images {ref} explained, every gradient map "
+                f"or every {ref} map is constant.")
     avg = t.groupby("explainer", sort=False)["mean_r"].mean().sort_values(ascending=False)
     best_per = t.loc[t.groupby("method", sort=False)["mean_r"].idxmax()]
     wins = best_per["explainer"].value_counts()

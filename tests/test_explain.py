@@ -444,3 +444,8 @@ def test_profiles_know_the_explainer_settings():
         get_profile("quick", explain={"explainers": ("layercam",)})
     with pytest.raises(ProfileError, match="occlusion_fill"):
         get_profile("quick", explain={"occlusion_fill": 300})
+
+
+def test_the_lung_is_scored_on_chest_tasks_by_default():
+    assert explain.lung_task("covid") and not explain.lung_task("brain") and not explain.lung_task("organs")
+    assert not explain.lung_task("no_such_task")

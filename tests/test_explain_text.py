@@ -102,7 +102,7 @@ def test_coverage_states_the_caps_and_the_occluder():
     text = T.coverage_text(meta, labels, n_occlusion=32, explainers=["gradcam", "layercam", "occlusion"], side=64)
     assert "128 of the 203 test images" in text and "Grad-CAM and LayerCAM read the same layer (`layer1`)" in text
     assert "32 of the 64 explained images of the finding" in text
-    assert "8 × 8 px square of grey value 0" in text and "steps of 8 px (64 positions per image)" in text
+    assert "a square of 8 × 8 px and grey value 0" in text and "steps of 8 px (64 positions per image)" in text
     assert "all 20 test images" in T.coverage_text({"n_available": 20, "split": "test"}, np.zeros(20))
     assert "Occlusion" not in T.coverage_text({"n_available": 20}, np.zeros(20), explainers=["gradcam"])
 
@@ -112,3 +112,17 @@ def test_score_grid_is_one_row_per_region_and_method():
     assert list(g.columns) == ["Random", "BYOL", "SparK", "uniform random", "centre Gaussian"]
     assert ("lesion", "Grad-CAM") in g.index and ("lung", "occlusion") in g.index
     assert g.loc[("lesion", "Grad-CAM"), "Random"] == "0.064 [0.059, 0.069]"
+
+
+def test_constant_maps_everywhere_degrade_to_one_sentence_each():
+    s = _scores()
+    cam = s["explainer"] == "gradcam"
+    s.loc[cam & (s.kind == "model"), ["mean", "ci_low", "ci_high"]] = np.nan  # every Grad-CAM map constant
+    text = T.findings(s, None, label=LABEL)
+    assert "- **Grad-CAM**: every map of every model is constant" in text
+    assert "(0 images" not in text and "n/a" not in text
+    assert "Random initialisation against pre-training.** occlusion:" in text
+    assert "hiding the lesion lowers the probability" in text and "gradient map can miss" not in text
+    nan = pd.DataFrame([{"method": "random", "explainer": "gradcam", "reference": "occlusion", "mean_r": np.nan,
+                         "ci_low": np.nan, "ci_high": np.nan, "n": 0, "n_constant": 4}], columns=AGREEMENT_COLUMNS)
+    assert T.agreement_text(nan).startswith("No gradient map could be compared with occlusion")
