@@ -14,11 +14,15 @@ This module does that and adds what the paper leaves out:
   input's size (``pytorch_grad_cam`` min-max scales each map; an all-zero map stays zero).
 - :func:`gradcam_for_inits`: the maps of every initialisation's fine-tuned model on the same
   test images, cached as ``StudyPaths.gradcam / f"{task}_f{fraction}_s{seed}.npz"``
-  (:class:`HeatMaps`).
+  (:class:`HeatMaps`); with the profile's other explanation methods on the same models
+  (Grad-CAM++, LayerCAM, HiResCAM at the same layer, occlusion sensitivity on a subset:
+  :mod:`ssl_lib.explainers`) and, for chest tasks, lung masks (:mod:`ssl_lib.lung_mask`).
 - :func:`run_gradcam`: both, plus the statistics of the maps (:mod:`ssl_lib.heatmap_stats`,
-  re-exported here): :func:`correlation_table` (per-image Pearson r for every pair of methods,
-  with a bootstrap 95 % interval) and :func:`localisation_table` (energy share inside the lesion
-  mask and pointing game, beside image-blind baselines).
+  re-exported here): :func:`correlation_table` (per-image Pearson r for every pair of inits,
+  with a bootstrap 95 % interval), :func:`explanation_table` (for every explanation method:
+  energy share inside the lesion mask and pointing game, beside image-blind baselines; the same
+  for the lung, the paper's claim) and :func:`agreement_table` (each gradient map against
+  occlusion).
 
 The models are found by the results layer's names (:func:`ssl_lib.runs.run_file`, as fine-tuning
 wrote them) in the task's store (:func:`ssl_lib.tasks.task_store_path`, as fine-tuning read it).
@@ -44,8 +48,10 @@ import torch
 from . import runs
 from .atomic import atomic_path
 from .data.store import SliceStore, normalize_batch
-from .heatmap_stats import (ExplainError, bootstrap_mean, centre_gaussian_maps, correlation_matrix,  # noqa: F401
-                            correlation_table, dilate_masks, energy_share, localisation_table, n_constant,
+from .explainers import cam_maps
+from .heatmap_stats import (AGREEMENT_COLUMNS, SCORE_COLUMNS, ExplainError, agreement_table,  # noqa: F401
+                            bootstrap_mean, centre_gaussian_maps, correlation_matrix, correlation_table,
+                            dilate_masks, energy_share, explanation_table, localisation_table, n_constant,
                             pearson_per_image, pointing_hits, uniform_random_maps)
 from .paths import StudyPaths
 from .profiles import PROFILE_NAMES, ExplainProfile, explain_profile
@@ -130,46 +136,46 @@ def _grad_only_in(model: torch.nn.Module, layer: torch.nn.Module):
 
 
 def _explain(model, images, targets=None, *, mean=None, std=None, batch_size=32, target_layer=None,
-             device=None, progress=False):
-    """Grad-CAM maps plus, per image, the explained class, its softmax probability and the
-    predicted class: ``(maps (N,H,W) float32, target (N,), prob (N,), pred (N,))``."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
+             device=None, progress=False, methods: Sequence[str] = ("gradcam",)):
+    """The class activation maps ``methods`` (:data:`ssl_lib.explainers.CAM_NAMES`; one forward and
+    backward pass per batch serves them all) plus, per image, the explained class, its softmax
+    probability and the predicted class: ``({method: maps (N,H,W) float32}, target (N,), prob (N,),
+    pred (N,))``."""
     x = _as_input(images, mean, std)
     n = len(x)
     num_classes = int(getattr(model, "num_classes", 0) or model(x[:1]).shape[1])
     fixed = _resolve_targets(targets, n, num_classes)
+    methods = list(methods)
     if device is not None:
         model = model.to(device)
     layer = target_layer if target_layer is not None else getattr(model, "target_layer", None)
     if layer is None:
         layer = model.backbone.layer4[-1]
-    maps = np.zeros((n, *x.shape[-2:]), np.float32)
+    maps = {m: np.zeros((n, *x.shape[-2:]), np.float32) for m in methods}
     tgt, prob, pred = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.int64)
     if n == 0:
         return maps, tgt, prob, pred
-    was_training = model.training  # GradCAM switches the model to eval mode; restored below
+    was_training = model.training  # the CAMs switch the model to eval mode; restored below
     starts = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="Grad-CAM", unit="batch")
-    with torch.enable_grad(), _grad_only_in(model, layer), GradCAM(model=model, target_layers=[layer]) as cam:
-        for s in starts:
-            xb = x[s:s + batch_size]
-            tb = None if fixed is None else [ClassifierOutputTarget(int(c)) for c in fixed[s:s + len(xb)]]
-            out = cam(input_tensor=xb, targets=tb)  # the whole batch in one call
-            logits = cam.outputs.detach().float().cpu()
-            pb = logits.argmax(1).numpy()
-            tb_idx = pb if fixed is None else fixed[s:s + len(xb)]
-            maps[s:s + len(xb)] = out
-            tgt[s:s + len(xb)], pred[s:s + len(xb)] = tb_idx, pb
-            prob[s:s + len(xb)] = logits.softmax(1)[torch.arange(len(xb)), torch.as_tensor(tb_idx)].numpy()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    np.nan_to_num(maps, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-    np.clip(maps, 0.0, 1.0, out=maps)
+    try:
+        with torch.enable_grad(), _grad_only_in(model, layer):
+            for s in starts:
+                xb = x[s:s + batch_size]
+                tb = None if fixed is None else fixed[s:s + len(xb)]
+                out, logits = cam_maps(model, xb, tb, layer, methods)  # the whole batch in one pass
+                pb = logits.argmax(1).numpy()
+                tb_idx = pb if tb is None else tb
+                for m in methods:
+                    maps[m][s:s + len(xb)] = out[m]
+                tgt[s:s + len(xb)], pred[s:s + len(xb)] = tb_idx, pb
+                prob[s:s + len(xb)] = logits.softmax(1)[torch.arange(len(xb)), torch.as_tensor(tb_idx)].numpy()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
     return maps, tgt, prob, pred
 
 
@@ -202,7 +208,7 @@ def gradcam_maps(model: torch.nn.Module, images, targets=None, *, mean: float | 
     evidence is all zero), deterministic for a given model and image on the CPU.
     """
     return _explain(model, images, targets, mean=mean, std=std, batch_size=batch_size,
-                    target_layer=target_layer, device=device, progress=progress)[0]
+                    target_layer=target_layer, device=device, progress=progress)[0]["gradcam"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,12 +217,15 @@ def gradcam_maps(model: torch.nn.Module, images, targets=None, *, mean: float | 
 
 @dataclass
 class HeatMaps:
-    """Grad-CAM maps of several fine-tuned models on the same images.
+    """Heat maps of several fine-tuned models on the same images: Grad-CAM and the other
+    explanation methods (:mod:`ssl_lib.explainers`).
 
     ``images`` uint8 ``(N, H, W)``; ``labels`` int ``(N,)``; ``masks`` uint8 ``(N, H, W)`` or
-    ``None``; ``maps``: init -> float32 ``(N, H, W)``; ``indices``: store indices ``(N,)``;
+    ``None``; ``maps``: init -> Grad-CAM float32 ``(N, H, W)``; ``indices``: store indices ``(N,)``;
     ``targets``/``probs``/``preds``: init -> ``(N,)`` explained class, its softmax probability,
-    predicted class.
+    predicted class. ``other``: explainer -> init -> float32 ``(n_k, H, W)``, the maps of the other
+    methods on the images at ``positions[explainer]`` (positions into ``images``, ``(n_k,)``; all
+    images where absent); ``lungs``: bool ``(N, H, W)`` lung masks (:mod:`ssl_lib.lung_mask`) or ``None``.
     """
 
     images: np.ndarray
@@ -231,17 +240,39 @@ class HeatMaps:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     preds: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    other: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    positions: dict[str, np.ndarray] = field(default_factory=dict)
+    lungs: np.ndarray | None = None
 
     @property
     def inits(self) -> list[str]:
         return list(self.maps)
+
+    @property
+    def explainers(self) -> list[str]:
+        """The explanation methods held: Grad-CAM first, then the others in the order computed."""
+        return ["gradcam", *[e for e in self.other if e != "gradcam"]]
+
+    def maps_of(self, explainer: str) -> dict[str, np.ndarray]:
+        """init -> maps of ``explainer`` (``"gradcam"``: :attr:`maps`), on :meth:`positions_of` images."""
+        if explainer == "gradcam":
+            return self.maps
+        if explainer not in self.other:
+            raise ExplainError(f"no {explainer!r} maps here; held: {self.explainers}")
+        return self.other[explainer]
+
+    def positions_of(self, explainer: str) -> np.ndarray:
+        """Positions (into :attr:`images`) of the images ``explainer`` explained, ``(n_k,)``."""
+        pos = self.positions.get(explainer)
+        return np.arange(len(self.images)) if pos is None else np.asarray(pos, np.int64)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __repr__(self) -> str:
         return (f"HeatMaps(task={self.task!r}, n={len(self)}, size={self.images.shape[1:]}, "
-                f"inits={self.inits}, masks={self.masks is not None})")
+                f"inits={self.inits}, explainers={self.explainers}, masks={self.masks is not None}, "
+                f"lungs={self.lungs is not None})")
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
@@ -270,18 +301,27 @@ class HeatMaps:
 
     # -- cache ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a compressed ``.npz`` atomically (maps as ``map__<init>``, meta as JSON)."""
+        """Write a compressed ``.npz`` atomically: Grad-CAM maps as ``map__<init>``, the other
+        methods' as ``xmap__<explainer>__<init>`` with their positions ``xpos__<explainer>``, lung
+        masks as ``lungs``, meta as JSON."""
         path = Path(path)
         arrays = {"images": self.images, "labels": self.labels, "indices": self.indices}
         if self.masks is not None:
             arrays["masks"] = self.masks
+        if self.lungs is not None:
+            arrays["lungs"] = np.asarray(self.lungs, bool)
+        for name, by_init in self.other.items():
+            if name in self.positions:
+                arrays[f"xpos__{name}"] = np.asarray(self.positions[name], np.int64)
+            for init, m in by_init.items():
+                arrays[f"xmap__{name}__{init}"] = m
         for init in self.inits:
             arrays[f"map__{init}"] = self.maps[init]
             for key, d in (("target", self.targets), ("prob", self.probs), ("pred", self.preds)):
                 if init in d:
                     arrays[f"{key}__{init}"] = d[init]
         meta = {"task": self.task, "class_names": self.class_names, "task_kind": self.task_kind,
-                "inits": self.inits, **self.meta}
+                "inits": self.inits, "other": list(self.other), **self.meta}
         arrays["meta"] = np.array(json.dumps(meta))
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
             np.savez_compressed(f, **arrays)
@@ -294,11 +334,15 @@ class HeatMaps:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 inits = meta.pop("inits")
+                names = meta.pop("other", [])
                 get = lambda key: {i: z[f"{key}__{i}"] for i in inits if f"{key}__{i}" in z.files}  # noqa: E731
                 return cls(images=z["images"], labels=z["labels"], masks=z["masks"] if "masks" in z.files else None,
                            maps=get("map"), indices=z["indices"], task=meta.pop("task"),
                            class_names=meta.pop("class_names"), task_kind=meta.pop("task_kind"),
-                           targets=get("target"), probs=get("prob"), preds=get("pred"), meta=meta)
+                           targets=get("target"), probs=get("prob"), preds=get("pred"), meta=meta,
+                           other={e: get(f"xmap__{e}") for e in names},
+                           positions={e: z[f"xpos__{e}"] for e in names if f"xpos__{e}" in z.files},
+                           lungs=z["lungs"] if "lungs" in z.files else None)
         except (OSError, KeyError, ValueError) as err:
             raise ExplainError(f"{path}: not a readable heat-map cache ({err})") from None
 
@@ -348,13 +392,47 @@ def _signature(path: Path) -> list[int]:
     return [int(st.st_mtime_ns), int(st.st_size)]
 
 
+@dataclass(frozen=True)
+class Occlusion:
+    """How occlusion sensitivity is run (:func:`ssl_lib.explainers.occlusion_maps`): a ``size`` x
+    ``size`` px square of grey value ``fill`` (0-255, as stored: 0 is the darkest value of the
+    slice's window) moved in steps of ``stride`` px, on at most ``max_images`` of the explained
+    images (a seeded subset, store order), on the finding's images only (``on="positive"``, binary
+    tasks) or on all (``"all"``)."""
+
+    size: int
+    stride: int
+    fill: int = 0
+    max_images: int | None = None
+    on: str = "positive"
+
+    def as_meta(self) -> dict:
+        return {"size": int(self.size), "stride": int(self.stride), "fill": int(self.fill),
+                "max_images": self.max_images, "on": self.on}
+
+
+def occlusion_subset(labels: np.ndarray, task_kind: str, occ: Occlusion, seed: int = 0) -> np.ndarray:
+    """Positions of the images occlusion explains: the finding's images (label 1) of a binary task
+    when ``occ.on == "positive"``, else all; at most ``occ.max_images``, a seeded random subset in
+    order. int64 ``(n_k,)``."""
+    if occ.on not in ("positive", "all"):
+        raise ExplainError(f"occlusion 'on' must be 'positive' or 'all', got {occ.on!r}")
+    labels = np.asarray(labels)
+    pos = np.flatnonzero(labels == 1) if occ.on == "positive" and task_kind == "binary" else np.arange(len(labels))
+    if occ.max_images is not None and len(pos) > occ.max_images:
+        pos = np.sort(np.random.default_rng(seed).choice(pos, size=occ.max_images, replace=False))
+    return pos.astype(np.int64)
+
+
 def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float = 1.0, seed: int = 0,
                       indices: Sequence[int] | None = None, inits: Sequence[str] | None = None, *,
                       target: str = "auto", split: str = "test", max_images: int | None = None,
                       batch_size: int = 32, device: str | torch.device | None = None,
                       fold: int = -1, use_cache: bool = True, input_size: int | None = None,
-                      stage: str = "layer4", progress: bool = False) -> HeatMaps:
-    """Grad-CAM maps of each init's fine-tuned model on the same ``task`` test images.
+                      stage: str = "layer4", progress: bool = False, explainers: Sequence[str] = ("gradcam",),
+                      occlusion: Occlusion | None = None, lung: bool = False) -> HeatMaps:
+    """Grad-CAM maps (and those of the other ``explainers``) of each init's fine-tuned model on the
+    same ``task`` test images.
 
     Models: ``model_path(output_dir, task, init, fraction, seed, fold)``; ``inits=None`` takes
     every one fine-tuning saved (:func:`study_inits`; an explicitly named init that is missing is an error).
@@ -365,18 +443,35 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     ``"predicted"``. Each model is run with the mean/std it was fine-tuned with (its saved info;
     the store's as a fallback). ``input_size``: images smaller than this are enlarged (bilinear;
     masks nearest) before Grad-CAM; ``stage``: the ResNet stage (``layer1`` ... ``layer4``) whose
-    last block is the target layer.
+    last block is the target layer of every class activation map.
+
+    ``explainers``: names of :data:`ssl_lib.explainers.EXPLAINERS` (Grad-CAM always included); the
+    class activation maps share one backward pass per batch; ``"occlusion"`` needs ``occlusion``
+    (its square, stride, fill and images, :class:`Occlusion`) and explains the class Grad-CAM
+    explains. ``lung``: also derive lung masks (:func:`ssl_lib.lung_mask.lung_masks`, plus the
+    lesion masks where they exist) for the paper's claim that the maps lie in the lung.
 
     Cached in ``cache_path(...)`` (one file per task, fraction, seed, fold: the last call wins); the
-    cache is reused only if it was made from the same models (file time and size), images, inits
-    and target. ``use_cache=False`` neither reads nor writes it.
+    cache is reused only if it was made from the same models (file time and size), images, inits,
+    target, explainers, occlusion settings and lung-mask version. ``use_cache=False`` neither reads
+    nor writes it.
     """
+    from .explainers import get_explainer, occlusion_maps
+    from .lung_mask import LUNG_MASK_VERSION, lung_masks, with_lesions
     from .models.classifier import load_classifier
 
     if target not in TARGET_MODES:
         raise ExplainError(f"target must be one of {TARGET_MODES}, got {target!r}")
     if stage not in STAGES:
         raise ExplainError(f"stage must be one of {STAGES}, got {stage!r}")
+    explainers = list(dict.fromkeys(["gradcam", *explainers]))
+    kinds = {e: get_explainer(e).kind for e in explainers}
+    cams = [e for e in explainers if kinds[e] == "cam"]
+    if "occlusion" in explainers and occlusion is None:
+        raise ExplainError("explainer 'occlusion' needs its settings: pass occlusion=Occlusion(size, stride, ...)")
+    unknown = [e for e in explainers if kinds[e] != "cam" and e != "occlusion"]
+    if unknown:
+        raise ExplainError(f"explainers {unknown}: the Grad-CAM step runs class activation maps and occlusion only")
     use_study_tasks(output_dir)  # a user task's store name is known from here
     paths = StudyPaths(output_dir)
     store_dir = task_store_path(output_dir, task)
@@ -404,17 +499,21 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
 
     if indices is not None:
         idx = np.asarray(indices, np.int64)
-    elif fold is not None and fold >= 0:
-        idx = select_indices(store, max_images=max_images, seed=seed,
-                             candidates=task_splits(store, task, seed, fold=fold).test)
+        n_available = len(idx)
     else:
-        idx = select_indices(store, split, max_images, seed)
+        candidates = (task_splits(store, task, seed, fold=fold).test if fold is not None and fold >= 0
+                      else store.split_indices(split))
+        n_available = int((store.labels[np.asarray(candidates, np.int64)] >= 0).sum())
+        idx = select_indices(store, max_images=max_images, seed=seed, candidates=candidates)
     if len(idx) == 0:
         raise ExplainError(f"{store_dir}: no images to explain in split {split!r}")
     enlarged = input_size is not None and store.image_size < input_size
     meta = {"fraction": float(fraction), "seed": int(seed), "fold": int(fold), "target": target,
             "models": {i: _signature(f) for i, f in files.items()}, "input_size": input_size, "stage": stage,
-            "fine_tuned_size": store.image_size if enlarged else None}
+            "fine_tuned_size": store.image_size if enlarged else None, "explainers": explainers,
+            "occlusion": occlusion.as_meta() if "occlusion" in explainers else None,
+            "lung_mask": LUNG_MASK_VERSION if lung else None, "n_available": n_available,
+            "split": "fold" if fold is not None and fold >= 0 and indices is None else split}
     cache = cache_path(output_dir, task, fraction, seed, fold)
     if use_cache and cache.is_file():
         try:
@@ -439,14 +538,26 @@ def gradcam_for_inits(output_dir: str | os.PathLike, task: str, fraction: float 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     heat = HeatMaps(images=images, labels=labels, masks=masks, maps={}, indices=idx, task=task,
-                    class_names=store.class_names, task_kind=kind, meta=meta)
+                    class_names=store.class_names, task_kind=kind, meta=meta,
+                    lungs=with_lesions(lung_masks(images), masks) if lung else None)
+    occ_pos = occlusion_subset(labels, kind, occlusion, seed) if "occlusion" in explainers else None
+    if occ_pos is not None:
+        heat.positions["occlusion"] = occ_pos
     for init, f in files.items():
         model, info = load_classifier(f, map_location=device)
         mean, std = float(info.get("mean", store.mean)), float(info.get("std", store.std))
         tmode = {"positive": 1, "true": labels, "predicted": "predicted"}[target]
         m, t, p, pr = _explain(model, images, tmode, mean=mean, std=std, batch_size=batch_size,
-                               target_layer=getattr(model.backbone, stage)[-1], device=device, progress=progress)
-        heat.maps[init], heat.targets[init], heat.probs[init], heat.preds[init] = m, t, p, pr
+                               target_layer=getattr(model.backbone, stage)[-1], device=device, progress=progress,
+                               methods=cams)
+        heat.maps[init], heat.targets[init], heat.probs[init], heat.preds[init] = m.pop("gradcam"), t, p, pr
+        for name, maps in m.items():
+            heat.other.setdefault(name, {})[init] = maps
+        if occ_pos is not None:
+            fill = (occlusion.fill / 255.0 - mean) / std  # the grey value in the model's normalised units
+            heat.other.setdefault("occlusion", {})[init] = occlusion_maps(
+                model, _as_input(images[occ_pos], mean, std), t[occ_pos], size=occlusion.size,
+                stride=occlusion.stride, fill=fill, batch_size=max(batch_size, 64))
         if native is not None:
             heat.meta.setdefault("native", {})[init] = _native_check(model, native, labels, t, mean, std, batch_size,
                                                                      device)
@@ -464,19 +575,24 @@ def enlarge(images: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarr
 
 
 def dropped_maps(heat: HeatMaps) -> pd.DataFrame:
-    """Maps the correlation and localisation analyses leave out, per method, and why.
+    """Maps the correlation and localisation analyses leave out, per explanation method and init,
+    and why.
 
-    A constant map (Grad-CAM found no positive evidence for the explained class: all zero after
-    its ReLU) has no defined correlation and no energy to place; columns: method, n, constant,
-    share, reason.
+    A constant map (no positive evidence for the explained class: an all-zero CAM after its ReLU,
+    or an occlusion map where no square lowered the probability) has no defined correlation and no
+    energy to place; columns: explainer, method, n, constant, share, reason.
     """
+    from .explainers import explainer_label
+
     rows = []
-    for init, m in heat.maps.items():
-        n_const = n_constant(m)
-        rows.append({"method": init_label(init), "n": len(m), "constant": n_const,
-                     "share": n_const / len(m) if len(m) else np.nan,
-                     "reason": "constant map: no positive Grad-CAM evidence for the explained class"})
-    return pd.DataFrame(rows, columns=["method", "n", "constant", "share", "reason"])
+    for name in heat.explainers:
+        what = "no square lowered its probability" if name == "occlusion" else "no positive gradient evidence"
+        for init, m in heat.maps_of(name).items():
+            n_const = n_constant(m)
+            rows.append({"explainer": explainer_label(name), "method": init_label(init), "n": len(m),
+                         "constant": n_const, "share": n_const / len(m) if len(m) else np.nan,
+                         "reason": f"constant map: {what} for the explained class"})
+    return pd.DataFrame(rows, columns=["explainer", "method", "n", "constant", "share", "reason"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,10 +601,16 @@ def dropped_maps(heat: HeatMaps) -> pd.DataFrame:
 
 @dataclass
 class GradCamResult:
+    """What :func:`run_gradcam` computed: the maps, the correlation between inits (Grad-CAM), the
+    long localisation table of every explanation method (lesion and lung,
+    :func:`ssl_lib.heatmap_stats.explanation_table`) and the agreement of each gradient map with
+    occlusion (:func:`ssl_lib.heatmap_stats.agreement_table`), and the files written."""
+
     heat: HeatMaps
     correlation: pd.DataFrame
     localisation: pd.DataFrame
     files: dict[str, Path]
+    agreement: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=AGREEMENT_COLUMNS))
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -496,14 +618,30 @@ class GradCamResult:
         return dropped_maps(self.heat)
 
 
+def lung_task(task: str) -> bool:
+    """Whether the lung is scored for ``task`` by default: the paper's claim is about the COVID-19
+    chest CT slices, so the ``covid`` task and user tasks read with the COVID-CT reader; any other
+    task when asked (``run_gradcam(..., lung=True)``, the chapter's ``lung`` parameter)."""
+    if task == "covid":
+        return True
+    from .tasks import get_task
+
+    try:
+        return get_task(task).reader == "covid"
+    except (KeyError, ValueError):  # an unknown task: no lung
+        return False
+
+
 def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float = 1.0, seed: int = 0,
                 profile: str = "quick", inits: Sequence[str] | None = None, *, target: str = "auto",
-                fold: int = -1, progress: bool = False) -> GradCamResult:
-    """Heat maps (:func:`gradcam_for_inits`), the correlation and localisation tables with the
-    profile's settings; the tables are written next to the cache as
-    ``{task}_f{fraction}_s{seed}[_k{fold}]_correlation.csv`` and ``..._localisation.csv``.
+                fold: int = -1, progress: bool = False, lung: bool | str = "auto") -> GradCamResult:
+    """Heat maps of every explanation method of the profile (:func:`gradcam_for_inits`), the
+    correlation, localisation and agreement tables with the profile's settings; the tables are
+    written next to the cache as ``{task}_f{fraction}_s{seed}[_k{fold}]_correlation.csv``,
+    ``..._localisation.csv`` and ``..._agreement.csv``.
     ``task``: empty: the study's first task (``<output>/tasks.json``; the paper's COVID-19 by default).
     ``fold < 0`` on a cross-validated task: the fold run ``seed`` used (:func:`ssl_lib.tasks.fold_of`).
+    ``lung``: score the maps inside the lung (``"auto"``: :func:`lung_task`).
     """
     names = use_study_tasks(output_dir)  # the study's user tasks become known here
     task = task or names[0]
@@ -511,19 +649,26 @@ def run_gradcam(output_dir: str | os.PathLike, task: str = "", fraction: float =
         fold = fold_of(task, seed)
     if profile not in PROFILE_NAMES:
         raise ExplainError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+    if lung == "auto":
+        lung = lung_task(task)
+    elif not isinstance(lung, bool):
+        raise ExplainError(f"lung must be True, False or 'auto', got {lung!r}")
     prof = explain_profile(profile)
+    occ = Occlusion(prof.occlusion_size, prof.occlusion_stride, prof.occlusion_fill, prof.occlusion_max_images,
+                    prof.occlusion_on)
     heat = gradcam_for_inits(output_dir, task, fraction, seed, inits=inits, target=target, fold=fold,
                              max_images=prof.max_images, batch_size=prof.batch_size, input_size=prof.input_size,
-                             stage=prof.stage, progress=progress)
+                             stage=prof.stage, progress=progress, explainers=prof.explainers,
+                             occlusion=occ if "occlusion" in prof.explainers else None, lung=lung)
     corr = correlation_table(heat, n_boot=prof.n_boot, seed=seed)
-    loc = localisation_table(heat, tolerance=prof.tolerance, n_boot=prof.n_boot, seed=seed)
+    loc = explanation_table(heat, tolerance=prof.tolerance, n_boot=prof.n_boot, seed=seed)
+    agree = agreement_table(heat, n_boot=prof.n_boot, seed=seed)
     stem = cache_path(output_dir, task, fraction, seed, fold).with_suffix("")
     files = {"cache": stem.with_suffix(".npz"),
              "correlation": stem.with_name(stem.name + "_correlation.csv"),
-             "localisation": stem.with_name(stem.name + "_localisation.csv")}
-    for name, table in (("correlation", corr), ("localisation", loc)):
+             "localisation": stem.with_name(stem.name + "_localisation.csv"),
+             "agreement": stem.with_name(stem.name + "_agreement.csv")}
+    for name, table in (("correlation", corr), ("localisation", loc), ("agreement", agree)):
         with atomic_path(files[name]) as tmp:
             table.to_csv(tmp, index=False)
-    return GradCamResult(heat, corr, loc, files)
-
-
+    return GradCamResult(heat, corr, loc, files, agree)

@@ -5,7 +5,10 @@ Presentation only: everything here draws what :mod:`ssl_lib.explain` computed (a
 
 - :func:`plot_examples`: the paper's Figure 4 layout (input, then one Grad-CAM overlay per method);
 - :func:`plot_correlation`: seaborn heat map of the mean per-image correlation between methods;
-- :func:`plot_localisation`: energy share and pointing-game hit rate per method, baselines hatched;
+- :func:`plot_localisation`: energy share and pointing-game hit rate per model and explanation
+  method (lesion; lung where measured), baselines hatched;
+- :func:`plot_explainers`: one image explained by every method and model;
+- :func:`plot_agreement`: each gradient map's correlation with occlusion, per model;
 - :func:`heatmap_browser`: pick an image and a method (ipywidgets in JupyterLab, pre-drawn frames
   in the book), :func:`draw_heatmap` one such picture.
 
@@ -22,8 +25,8 @@ import pandas as pd
 from .explain import HeatMaps, init_label
 from .heatmap_stats import correlation_matrix
 
-__all__ = ["draw_heatmap", "example_rows", "heatmap_browser", "plot_correlation", "plot_examples",
-           "plot_localisation"]
+__all__ = ["draw_heatmap", "example_rows", "heatmap_browser", "plot_agreement", "plot_correlation", "plot_examples",
+           "plot_explainers", "plot_localisation"]
 
 
 def example_rows(heat: HeatMaps, n_examples: int = 2) -> np.ndarray:
@@ -111,31 +114,135 @@ def plot_correlation(table: pd.DataFrame, *, ax=None, annotate_ci: bool = True, 
     return fig
 
 
-def plot_localisation(table: pd.DataFrame):
-    """Bars of the energy share and pointing-game hit rate per method (baselines hatched) with
-    their 95 % intervals and the chance level (dashed). Returns the Figure."""
+def plot_localisation(table: pd.DataFrame, region: str | None = None):
+    """Energy share and pointing-game hit rate per model, grouped by init with one bar per
+    explanation method (the long table of :func:`ssl_lib.heatmap_stats.explanation_table`; an older
+    table without ``explainer``/``region`` columns is Grad-CAM on the lesion), the two image-blind
+    maps as hatched groups, 95 % intervals, the region's area share (what a uniform map scores)
+    dashed. One row of panels per region (lesion, lung) present, or only ``region``; ``None`` when
+    the table is empty (nothing to draw). Returns the Figure."""
     import matplotlib.pyplot as plt
 
-    metrics = [("energy", "energy share inside mask"), ("pointing", "pointing-game hit rate")]
-    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4), squeeze=False)
-    for ax, (metric, title) in zip(axes[0], metrics):
-        t = table[table["metric"] == metric].reset_index(drop=True)
-        ax.set_title(title, fontsize=10)
-        if t.empty:
-            ax.text(0.5, 0.5, "no lesion masks", ha="center", va="center", transform=ax.transAxes)
+    from .explainers import explainer_label
+
+    t = table.copy()
+    if "explainer" not in t.columns:
+        t["explainer"] = "gradcam"
+    if "region" not in t.columns:
+        t["region"] = "lesion"
+    if region is not None:
+        t = t[t["region"] == region]
+    if t.empty:
+        return None
+    regions = list(dict.fromkeys(t["region"]))
+    explainers = list(dict.fromkeys(t["explainer"]))
+    names = {"lesion": "inside the lesion", "lung": "inside the lung"}
+    fig, axes = plt.subplots(len(regions), 2, figsize=(max(8.2, 1.1 * t["method"].nunique() * 2), 3.2 * len(regions)),
+                             squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for r, reg in enumerate(regions):
+        for c, (metric, title) in enumerate((("energy", "energy share"), ("pointing", "pointing-game hit rate"))):
+            ax = axes[r, c]
+            sub = t[(t["region"] == reg) & (t["metric"] == metric)]
+            groups = list(dict.fromkeys(sub["method"]))
+            width = 0.8 / max(len(explainers), 1)
+            for k, e in enumerate(explainers):
+                s_e = sub[sub["explainer"] == e].set_index("method")
+                xs = [g for g in groups if g in s_e.index]
+                if not xs:
+                    continue
+                x = np.array([groups.index(g) for g in xs]) - 0.4 + width * (k + 0.5)
+                rows = s_e.loc[xs]
+                err = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]).astype(float)
+                bars = ax.bar(x, rows["mean"].astype(float), width, yerr=np.nan_to_num(err), capsize=2,
+                              color=colors(k), edgecolor="black", linewidth=0.5, label=explainer_label(e))
+                for bar, kind in zip(bars, rows["kind"]):
+                    if kind == "baseline":
+                        bar.set_hatch("//")
+            ax.axhline(float(sub["chance"].astype(float).mean()), ls="--", color="black", lw=1,
+                       label="area share")
+            ax.set_xticks(np.arange(len(groups)), [init_label(m) for m in groups], rotation=30, ha="right", fontsize=8)
+            top = np.nanmax(np.r_[sub["ci_high"].astype(float), sub["mean"].astype(float), sub["chance"].astype(float)])
+            ax.set_ylim(0, min(1.0, 1.15 * top + 0.02) if np.isfinite(top) else 1.0)
+            ax.set_title(f"{title} {names.get(reg, reg)}", fontsize=10)
+            if r == 0 and c == 1:
+                ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_agreement(table: pd.DataFrame, *, cmap: str = "vlag"):
+    """Seaborn heat map of the mean per-image Pearson r of each gradient map with the occlusion map
+    (:func:`ssl_lib.heatmap_stats.agreement_table`): one row per model, one column per method,
+    annotated with the 95 % interval. ``None`` for an empty table. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .explainers import explainer_label
+
+    if table is None or not len(table):
+        return None
+    methods = list(dict.fromkeys(table["method"]))
+    explainers = list(dict.fromkeys(table["explainer"]))
+    mat = table.pivot(index="method", columns="explainer", values="mean_r").loc[methods, explainers].astype(float)
+    lo = table.pivot(index="method", columns="explainer", values="ci_low").loc[methods, explainers]
+    hi = table.pivot(index="method", columns="explainer", values="ci_high").loc[methods, explainers]
+    annot = np.vectorize(lambda m, a, b: f"{m:.2f}\n[{a:.2f}, {b:.2f}]")(mat.to_numpy(), lo.to_numpy(float),
+                                                                          hi.to_numpy(float))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(explainers), 0.9 + 0.6 * len(methods)))
+    sns.heatmap(mat, annot=annot, fmt="", vmin=-1, vmax=1, center=0, cmap=cmap, ax=ax, annot_kws={"fontsize": 8},
+                xticklabels=[explainer_label(e) for e in explainers], yticklabels=[init_label(m) for m in methods],
+                cbar_kws={"label": "mean Pearson r"})
+    ref = explainer_label(str(table["reference"].iloc[0]))
+    ax.set_title(f"Agreement with {ref} (per image, same model)", fontsize=10)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def plot_explainers(heat: HeatMaps, i: int | None = None, *, inits: Sequence[str] | None = None, alpha: float = 0.5,
+                    cmap: str = "jet", panel_size: float = 1.35):
+    """One image (position ``i``; default: the first image every method explained, a positive one
+    with a lesion where possible) explained by every method (rows) and model (columns); the
+    input with its lesion outline (white) and lung outline (cyan) on the left. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    from .explainers import explainer_label
+
+    names = heat.explainers
+    common = set(range(len(heat)))
+    for e in names:
+        common &= set(heat.positions_of(e).tolist())
+    if i is None:
+        cand = sorted(common) or list(range(len(heat)))
+        with_lesion = [k for k in cand if heat.masks is not None and heat.masks[k].any()]
+        i = (with_lesion or cand)[0]
+    inits = heat.inits if inits is None else list(inits)
+    fig, axes = plt.subplots(len(names), 1 + len(inits), figsize=(panel_size * (1 + len(inits)),
+                                                                   panel_size * len(names) + 0.5), squeeze=False)
+    for r, e in enumerate(names):
+        ax = axes[r, 0]
+        if r == 0:
+            _overlay(ax, heat.images[i], None, alpha, cmap)
+            if heat.lungs is not None and heat.lungs[i].any():
+                ax.contour(heat.lungs[i].astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+            if heat.masks is not None and heat.masks[i].any():
+                ax.contour(heat.masks[i], levels=[0.5], colors="white", linewidths=0.8)
+        else:
             ax.axis("off")
-            continue
-        x = np.arange(len(t))
-        err = np.vstack([t["mean"] - t["ci_low"], t["ci_high"] - t["mean"]]).astype(float)
-        colors = ["tab:blue" if k == "model" else "lightgrey" for k in t["kind"]]
-        bars = ax.bar(x, t["mean"].astype(float), yerr=np.nan_to_num(err), color=colors, capsize=3, edgecolor="black")
-        for bar, kind in zip(bars, t["kind"]):
-            if kind == "baseline":
-                bar.set_hatch("//")
-        ax.axhline(float(t["chance"].iloc[0]), ls="--", color="black", lw=1, label="chance (random map)")
-        ax.set_xticks(x, [init_label(m) for m in t["method"]], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, loc="upper right")
+        pos = {int(p): k for k, p in enumerate(heat.positions_of(e))}
+        for c, init in enumerate(inits, start=1):
+            ax = axes[r, c]
+            m = heat.maps_of(e).get(init)
+            _overlay(ax, heat.images[i], None if m is None or i not in pos else m[pos[i]], alpha, cmap)
+            if c == 1:
+                ax.set_ylabel(explainer_label(e), fontsize=9)
+            if r == 0:
+                ax.set_title(init_label(init), fontsize=10)
+    axes[0, 0].set_title("Input", fontsize=10)
+    fig.suptitle(f"Every explanation method, {heat.task} test image #{int(heat.indices[i])} "
+                 f"({heat.class_name(int(heat.labels[i]))})", fontsize=10)
     fig.tight_layout()
     return fig
 

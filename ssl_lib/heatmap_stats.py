@@ -13,6 +13,13 @@ come from :mod:`ssl_lib.explain`) and imports no torch.
   tolerance?), on positive images with a non-empty mask, next to two baselines that know nothing
   of the image: a uniform-random map (scores about the mask's area fraction) and a centre
   Gaussian prior. Constant maps are left out and counted (``n_excluded``).
+- :func:`explanation_table`: the same scores for every explanation method (Grad-CAM and the
+  others of :mod:`ssl_lib.explainers`) in one long table with an ``explainer`` column, for the
+  lesion and, where lung masks exist, for the lung: the paper's "the majority of focus points
+  are located in the lung", measured (energy share inside the lung, pointing-in-lung rate).
+- :func:`agreement_table`: per init, the per-image Pearson r of each gradient map with the
+  occlusion map of the same model and image (mean, bootstrap interval): which gradient method
+  shows what hiding the image shows.
 
 The tables take a :class:`ssl_lib.explain.HeatMaps` (anything with its ``maps``, ``masks``,
 ``labels`` and ``task_kind``) or a mapping init -> maps. Shapes: masks uint8 ``(N, H, W)``
@@ -29,8 +36,9 @@ import pandas as pd
 
 from .errors import SslCtError
 
-__all__ = ["ExplainError", "bootstrap_mean", "centre_gaussian_maps", "correlation_matrix", "correlation_table",
-           "dilate_masks", "energy_share", "localisation_table", "n_constant", "pearson_per_image", "pointing_hits",
+__all__ = ["ExplainError", "SCORE_COLUMNS", "AGREEMENT_COLUMNS", "agreement_table", "bootstrap_mean",
+           "centre_gaussian_maps", "correlation_matrix", "correlation_table", "dilate_masks", "energy_share",
+           "explanation_table", "localisation_table", "n_constant", "pearson_per_image", "pointing_hits",
            "uniform_random_maps"]
 
 #: A map whose max - min is at most this is constant (no defined correlation, no maximum).
@@ -215,3 +223,86 @@ def localisation_table(maps: Mapping[str, np.ndarray] | object, masks: np.ndarra
                          "ci_high": hi, "n": int(np.isfinite(values).sum()),
                          "n_excluded": int(np.isnan(values).sum()), "chance": float(chance.mean())})
     return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every explanation method, lesion and lung
+
+
+#: Columns of :func:`explanation_table`.
+SCORE_COLUMNS = ["explainer", "method", "kind", "region", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded",
+                 "chance"]
+#: Columns of :func:`agreement_table`.
+AGREEMENT_COLUMNS = ["method", "explainer", "reference", "mean_r", "ci_low", "ci_high", "n", "n_constant"]
+
+
+def _explainers_of(heat) -> list[str]:
+    return list(getattr(heat, "explainers", ["gradcam"]))
+
+
+def _maps_and_positions(heat, explainer: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    if hasattr(heat, "maps_of"):
+        return dict(heat.maps_of(explainer)), np.asarray(heat.positions_of(explainer), np.int64)
+    return dict(heat.maps), np.arange(len(heat.labels))
+
+
+def explanation_table(heat, *, tolerance: float = 0, n_boot: int = 1000, ci: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """:func:`localisation_table` for every explanation method of ``heat`` (a
+    :class:`~ssl_lib.explain.HeatMaps`), lesion and lung, as one long table.
+
+    Rows: per ``explainer`` the models (``kind="model"``, ``method`` = the init) and the two
+    image-blind baselines (``kind="baseline"``) on the same images (an explainer that ran on a
+    subset, e.g. occlusion, gets baselines of that subset); ``region="lesion"``: positive images
+    with a lesion mask, pointing within ``tolerance`` px; ``region="lung"`` (where ``heat.lungs``
+    exists): every image with a lung in its mask, energy share inside the lung and pointing-in-lung
+    rate (no tolerance). ``chance``: the mean area share of the region (what a uniform map scores).
+    Columns: :data:`SCORE_COLUMNS`. Empty (with those columns) when there is nothing to score.
+    """
+    frames = []
+    lungs = getattr(heat, "lungs", None)
+    for name in _explainers_of(heat):
+        maps, pos = _maps_and_positions(heat, name)
+        labels = np.asarray(heat.labels)[pos]
+        positive = None if getattr(heat, "task_kind", "binary") != "binary" else 1
+        regions = []
+        if heat.masks is not None:
+            regions.append(("lesion", np.asarray(heat.masks)[pos], positive, tolerance))
+        if lungs is not None:
+            regions.append(("lung", np.asarray(lungs)[pos].astype(np.uint8), None, 0))
+        for k, (region, masks, label, tol) in enumerate(regions):
+            # the same seed for every explainer: the same baseline maps on the same images
+            t = localisation_table(maps, masks, labels, positive_label=label, tolerance=tol, n_boot=n_boot, ci=ci,
+                                   seed=seed + 100 * k)
+            if len(t):
+                frames.append(t.assign(explainer=name, region=region))
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+
+
+def agreement_table(heat, reference: str = "occlusion", *, n_boot: int = 1000, ci: float = 0.95,
+                    seed: int = 0) -> pd.DataFrame:
+    """Per init and explainer, the per-image Pearson r between its map and the ``reference``
+    method's map (occlusion) of the same model and image, on the images the reference explained:
+    mean with a percentile bootstrap ``ci`` interval over images, ``n`` images with a defined r,
+    ``n_constant`` left out because one of the two maps is constant. Columns:
+    :data:`AGREEMENT_COLUMNS`; empty when ``heat`` has no ``reference`` maps."""
+    names = _explainers_of(heat)
+    if reference not in names:
+        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
+    ref, pos = _maps_and_positions(heat, reference)
+    rows = []
+    for j, name in enumerate(n for n in names if n != reference):
+        maps, own = _maps_and_positions(heat, name)
+        where = {int(p): i for i, p in enumerate(own)}
+        missing = [int(p) for p in pos if int(p) not in where]
+        if missing:
+            raise ExplainError(f"{name} maps do not cover the {reference} images (positions {missing[:5]})")
+        take = np.array([where[int(p)] for p in pos], np.int64)
+        for k, init in enumerate(m for m in maps if m in ref):
+            r = pearson_per_image(np.asarray(maps[init])[take], ref[init])
+            mean, lo, hi = bootstrap_mean(r, n_boot=n_boot, ci=ci, seed=seed + 100 * j + k)
+            rows.append({"method": init, "explainer": name, "reference": reference, "mean_r": mean, "ci_low": lo,
+                         "ci_high": hi, "n": int(np.isfinite(r).sum()), "n_constant": int(np.isnan(r).sum())})
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)

@@ -149,7 +149,16 @@ class ExplainProfile:
     """``max_images``: cap on test images explained (None = all); ``tolerance``: pointing-game
     tolerance in pixels (Zhang et al. use 15 px at 224 px); ``n_boot``: bootstrap resamples;
     ``input_size``: smaller images (and masks) are enlarged to this size before Grad-CAM (None:
-    as stored); ``stage``: the ResNet stage whose last block Grad-CAM reads."""
+    as stored); ``stage``: the ResNet stage whose last block Grad-CAM reads.
+
+    ``explainers``: the explanation methods run on the same models and images
+    (:data:`ssl_lib.explainers.EXPLAINERS`; Grad-CAM, the paper's, always). The class activation
+    maps read ``stage`` too. Occlusion sensitivity: a square of ``occlusion_size`` px filled with
+    grey value ``occlusion_fill`` (0-255 of the stored slice; 0 = the darkest value of its window)
+    moved in steps of ``occlusion_stride`` px, on the finding's images of a binary task
+    (``occlusion_on="positive"``; ``"all"``: every explained image), at most
+    ``occlusion_max_images`` of them (None = all): each position is one forward pass per image and
+    model, so this cap is what the step's time grows with."""
 
     max_images: int | None
     batch_size: int
@@ -157,6 +166,12 @@ class ExplainProfile:
     tolerance: int
     input_size: int | None = None
     stage: str = "layer4"
+    explainers: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "hirescam", "occlusion")
+    occlusion_size: int = 8
+    occlusion_stride: int = 8
+    occlusion_fill: int = 0
+    occlusion_max_images: int | None = None
+    occlusion_on: str = "positive"
 
 
 @dataclass(frozen=True)
@@ -221,10 +236,20 @@ _FINETUNE: dict[str, FinetuneProfile] = {
 #: seed-0 quick study three of the four pre-trained COVID-19 models called all 128 enlarged test
 #: images one class (accuracy 0.50 against 0.62-0.66 at 64 px), so their maps explained nothing
 #: they had learned. The third stage (8 x 8 at 128 px) left up to half of the maps constant.
+#: Occlusion costs one forward pass per square position, image and model; the class activation
+#: maps cost nothing beside Grad-CAM (one shared backward pass). At 64 px an 8 px square in steps of
+#: 8 px is 64 passes per image: measured with benchmarks/explain_speed.py (quick, 128 images, the 5
+#: models, one thread), Grad-CAM alone took 7.5 s of CPU, all four CAMs 7.5 s, occlusion on 32
+#: positive images 97 s more, and importing MONAI 6 s; the quick step may grow by about a minute on
+#: two cores, so occlusion covers 16 positive images there. The paper profile (224 px, on a GPU)
+#: uses a 32 px square in steps of 16 px (169 positions per image) on every positive image.
 _EXPLAIN = {
-    "smoke": ExplainProfile(max_images=16, batch_size=8, n_boot=200, tolerance=2),
-    "quick": ExplainProfile(max_images=128, batch_size=32, n_boot=1000, tolerance=4, stage="layer1"),
-    "paper": ExplainProfile(max_images=None, batch_size=32, n_boot=2000, tolerance=15),
+    "smoke": ExplainProfile(max_images=16, batch_size=8, n_boot=200, tolerance=2, occlusion_size=8,
+                            occlusion_stride=8, occlusion_max_images=4),
+    "quick": ExplainProfile(max_images=128, batch_size=32, n_boot=1000, tolerance=4, stage="layer1",
+                            occlusion_size=8, occlusion_stride=8, occlusion_max_images=16),
+    "paper": ExplainProfile(max_images=None, batch_size=32, n_boot=2000, tolerance=15, occlusion_size=32,
+                            occlusion_stride=16, occlusion_max_images=None),
 }
 #: Output stride of each ResNet stage (the Grad-CAM grid is the input side over it).
 STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -328,6 +353,7 @@ class StudyProfile:
             if ex.tolerance >= side:
                 out.append(f"profile {p!r}: explain.tolerance {ex.tolerance} px is not smaller than the "
                            f"{side} px image Grad-CAM explains")
+            out += _explainer_problems(p, ex, side)
         for method, profs in pretrain_profiles().items():
             if p not in profs:
                 out.append(f"profile {p!r}: pre-training method {method!r} has no entry for it")
@@ -352,6 +378,34 @@ class StudyProfile:
             raise ProfileError(problems[0] if len(problems) == 1 else
                                f"profile {self.name!r} does not fit together:\n  - " + "\n  - ".join(problems))
         return self
+
+
+def _explainer_problems(p: str, ex: ExplainProfile, side: int) -> list[str]:
+    """What does not fit in the explanation methods of profile ``p`` at images of ``side`` px."""
+    from .explainers import EXPLAINERS
+
+    out = []
+    unknown = [e for e in ex.explainers if e not in EXPLAINERS]
+    if unknown:
+        out.append(f"profile {p!r}: explain.explainers {unknown} are not registered explanation methods "
+                   f"{tuple(EXPLAINERS)}")
+    if "gradcam" not in ex.explainers:
+        out.append(f"profile {p!r}: explain.explainers must include 'gradcam' (the paper's method), "
+                   f"got {ex.explainers}")
+    if "occlusion" in ex.explainers:
+        if not 1 <= ex.occlusion_size <= side:
+            out.append(f"profile {p!r}: explain.occlusion_size {ex.occlusion_size} px does not fit the {side} px images")
+        if not 1 <= ex.occlusion_stride <= ex.occlusion_size:
+            out.append(f"profile {p!r}: explain.occlusion_stride {ex.occlusion_stride} px must lie in "
+                       f"[1, occlusion_size = {ex.occlusion_size}] (a larger step leaves pixels never covered)")
+        if not 0 <= ex.occlusion_fill <= 255:
+            out.append(f"profile {p!r}: explain.occlusion_fill {ex.occlusion_fill} is not a grey value 0-255")
+        if ex.occlusion_max_images is not None and ex.occlusion_max_images < 1:
+            out.append(f"profile {p!r}: explain.occlusion_max_images {ex.occlusion_max_images} must be at least 1 "
+                       "(or None for all; drop 'occlusion' from explain.explainers to skip it)")
+        if ex.occlusion_on not in ("positive", "all"):
+            out.append(f"profile {p!r}: explain.occlusion_on {ex.occlusion_on!r} must be 'positive' or 'all'")
+    return out
 
 
 def _study_part(table: Mapping[str, Any], name: str, kind: str):

@@ -224,11 +224,25 @@ def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     assert res.files["correlation"].is_file() and res.files["localisation"].is_file()
     assert len(res.correlation) == 10  # 5 inits -> 10 pairs
     assert set(res.localisation.method) == set(explain.INITS) | set(explain.BASELINES)
-    assert (res.localisation.n <= 4).all()  # the 4 positive test images with a lesion
+    lesion = res.localisation[res.localisation.region == "lesion"]
+    assert (lesion.n <= 4).all()  # the 4 positive test images with a lesion
+    # every method of the profile, scored like Grad-CAM; occlusion on the smoke profile's 4 positive images
+    assert list(dict.fromkeys(res.localisation.explainer)) == list(explain_profile("smoke").explainers)
+    assert res.heat.explainers == list(explain_profile("smoke").explainers) and res.heat.lungs is not None
+    assert len(res.heat.positions_of("occlusion")) == 4 and (res.heat.labels[res.heat.positions_of("occlusion")] == 1).all()
+    assert res.files["agreement"].is_file() and set(res.agreement.explainer) == {"gradcam", "gradcam++", "layercam",
+                                                                                 "hirescam"}
+    assert (res.agreement.n + res.agreement.n_constant == 4).all()
+    pd.testing.assert_frame_equal(pd.read_csv(res.files["agreement"]), res.agreement, check_dtype=False)
     figs = [explain_figures.plot_examples(res.heat, 2), explain_figures.plot_correlation(res.correlation),
-            explain_figures.plot_localisation(res.localisation), explain_figures.plot_localisation(res.localisation.iloc[:0])]
+            explain_figures.plot_localisation(res.localisation), explain_figures.plot_explainers(res.heat),
+            explain_figures.plot_agreement(res.agreement)]
     for fig in figs:
         assert isinstance(fig, Figure)
+    # no empty figures: nothing to draw is no figure
+    assert explain_figures.plot_localisation(res.localisation.iloc[:0]) is None
+    assert explain_figures.plot_agreement(res.agreement.iloc[:0]) is None
+    assert len(figs[3].axes) == 5 * 6  # five methods x (input + 5 models)
     assert len(figs[0].axes) == 4 * 6  # 2 positive + 2 negative rows, input + 5 methods
     plt.close("all")
     box = explain_figures.heatmap_browser(res.heat)
@@ -295,6 +309,143 @@ def test_grad_cam_with_resolution_enlarged_input_and_earlier_stage(study, tmp_pa
 def test_dropped_maps_counts_constant_maps_and_says_why():
     heat = explain.HeatMaps(images=np.zeros((3, 4, 4), np.uint8), labels=np.array([1, 0, 1]), masks=None,
                             maps={"byol": np.stack([np.zeros((4, 4)), np.eye(4), np.ones((4, 4))]).astype(np.float32)},
-                            indices=np.arange(3))
+                            indices=np.arange(3), other={"occlusion": {"byol": np.zeros((1, 4, 4), np.float32)}},
+                            positions={"occlusion": np.array([2])})
     d = explain.dropped_maps(heat)
     assert d.loc[0, "constant"] == 2 and d.loc[0, "share"] == pytest.approx(2 / 3) and "constant" in d.loc[0, "reason"]
+    assert list(d.explainer) == ["Grad-CAM", "occlusion"] and d.loc[1, "n"] == 1 and d.loc[1, "constant"] == 1
+    assert "no square lowered" in d.loc[1, "reason"]
+
+
+# ---------------------------------------------------------------------------------------------- more methods
+
+
+def test_every_explainer_cached_with_its_settings(study, monkeypatch):
+    occ = explain.Occlusion(size=16, stride=16, fill=0, max_images=3)
+    kw = dict(inits=["random", "spark"], explainers=["gradcam", "layercam", "occlusion"], occlusion=occ, lung=True)
+    heat = explain.gradcam_for_inits(study, "covid", 1.0, 0, **kw)
+    assert heat.explainers == ["gradcam", "layercam", "occlusion"]
+    pos = heat.positions_of("occlusion")
+    assert len(pos) == 3 and (heat.labels[pos] == 1).all() and np.all(np.diff(pos) > 0)  # 3 of the 4 positives
+    assert heat.maps_of("layercam")["spark"].shape == (8, SIZE, SIZE)
+    assert heat.maps_of("occlusion")["spark"].shape == (3, SIZE, SIZE)
+    assert heat.lungs.shape == (8, SIZE, SIZE) and heat.lungs.dtype == bool
+    assert heat.meta["occlusion"] == occ.as_meta() and heat.meta["n_available"] == 8
+    with pytest.raises(explain.ExplainError, match="no 'hirescam' maps"):
+        heat.maps_of("hirescam")
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed instead of using the cache")
+
+    monkeypatch.setattr(explain, "_explain", boom)
+    again = explain.gradcam_for_inits(study, "covid", 1.0, 0, **kw)  # from the cache, every method
+    assert again.explainers == heat.explainers and np.array_equal(again.positions_of("occlusion"), pos)
+    for e in heat.explainers:
+        for init in heat.inits:
+            np.testing.assert_array_equal(again.maps_of(e)[init], heat.maps_of(e)[init])
+    np.testing.assert_array_equal(again.lungs, heat.lungs)
+    for changed in (dict(kw, occlusion=explain.Occlusion(16, 8, 0, 3)), dict(kw, explainers=["gradcam"]),
+                    dict(kw, lung=False)):
+        with pytest.raises(AssertionError, match="recomputed"):  # other settings: not this cache
+            explain.gradcam_for_inits(study, "covid", 1.0, 0, **changed)
+    old = explain.HeatMaps.load(explain.cache_path(study, "covid", 1.0, 0))
+    for key in ("explainers", "occlusion", "lung_mask"):  # a cache of the Grad-CAM-only format
+        del old.meta[key]
+    old.other, old.positions, old.lungs = {}, {}, None
+    old.save(explain.cache_path(study, "covid", 1.0, 0))
+    with pytest.raises(AssertionError, match="recomputed"):
+        explain.gradcam_for_inits(study, "covid", 1.0, 0, inits=["random", "spark"])
+    monkeypatch.undo()
+    with pytest.raises(explain.ExplainError, match="occlusion=Occlusion"):
+        explain.gradcam_for_inits(study, "covid", 1.0, 0, explainers=["occlusion"], use_cache=False)
+    with pytest.raises(explain.ExplainError, match="unknown explanation method"):
+        explain.gradcam_for_inits(study, "covid", 1.0, 0, explainers=["smoothgrad"], use_cache=False)
+
+
+def test_occlusion_subset_positive_images_capped_and_seeded():
+    labels = np.array([0, 1, 1, 0, 1, 1, 1])
+    occ = explain.Occlusion(8, 8, max_images=3)
+    a = explain.occlusion_subset(labels, "binary", occ, seed=0)
+    assert len(a) == 3 and (labels[a] == 1).all() and np.array_equal(a, explain.occlusion_subset(labels, "binary", occ))
+    assert np.array_equal(explain.occlusion_subset(labels, "binary", explain.Occlusion(8, 8)), [1, 2, 4, 5, 6])
+    assert len(explain.occlusion_subset(labels, "multiclass", explain.Occlusion(8, 8))) == 7  # no finding: all
+    assert len(explain.occlusion_subset(labels, "binary", explain.Occlusion(8, 8, on="all"))) == 7
+    with pytest.raises(explain.ExplainError, match="positive"):
+        explain.occlusion_subset(labels, "binary", explain.Occlusion(8, 8, on="some"))
+
+
+def _hand_made_heat():
+    """6 images (4 positive with a lesion in the top-left 4 x 4), lungs = the left half; an oracle
+    model whose maps are the lesion (and faint noise in the lung), one whose maps are the right
+    half; occlusion on 3 positives."""
+    n, s = 6, 16
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    masks = np.zeros((n, s, s), np.uint8)
+    masks[:4, :4, :4] = 1
+    lungs = np.zeros((n, s, s), bool)
+    lungs[:, :, :8] = True
+    right = np.zeros((n, s, s), np.float32)
+    right[:, :, 8:] = np.random.default_rng(0).random((n, s, 8))
+    oracle = masks + 0.01 * np.random.default_rng(1).random((n, s, s)).astype(np.float32) * lungs  # all in the lung
+    pos = np.array([0, 2, 3])
+    return explain.HeatMaps(images=np.zeros((n, s, s), np.uint8), labels=labels, masks=masks,
+                            maps={"oracle": oracle, "right": right}, indices=np.arange(n),
+                            other={"occlusion": {"oracle": oracle[pos], "right": oracle[pos]}},
+                            positions={"occlusion": pos}, lungs=lungs)
+
+
+def test_explanation_table_scores_every_method_in_lesion_and_lung():
+    t = explain.explanation_table(_hand_made_heat(), n_boot=100)
+    assert list(t.columns) == explain.SCORE_COLUMNS
+    g = t.set_index(["explainer", "region", "metric", "method"])
+    assert g.loc[("gradcam", "lesion", "energy", "oracle"), "mean"] > 0.9
+    assert g.loc[("gradcam", "lesion", "energy", "oracle"), "n"] == 4  # the positives with a lesion
+    assert g.loc[("gradcam", "lesion", "energy", "right"), "mean"] == 0
+    assert g.loc[("gradcam", "lung", "energy", "right"), "mean"] == 0  # all its energy is outside the lung
+    assert g.loc[("gradcam", "lung", "pointing", "oracle"), "mean"] == 1
+    assert g.loc[("gradcam", "lung", "energy", "oracle"), "n"] == 6  # every image, both classes
+    assert g.loc[("gradcam", "lung", "energy", "uniform-random"), "chance"] == pytest.approx(0.5)
+    assert g.loc[("occlusion", "lesion", "energy", "right"), "n"] == 3  # occlusion's own images ...
+    assert g.loc[("occlusion", "lesion", "energy", "uniform-random"), "n"] == 3  # ... and its own baselines
+    assert set(t[t.kind == "baseline"].method) == set(explain.BASELINES)
+    heat = _hand_made_heat()
+    heat.masks, heat.lungs = None, None
+    empty = explain.explanation_table(heat)
+    assert empty.empty and list(empty.columns) == explain.SCORE_COLUMNS
+
+
+def test_agreement_table_compares_each_gradient_map_with_occlusion_on_its_images():
+    heat = _hand_made_heat()
+    a = explain.agreement_table(heat, n_boot=100)
+    assert list(a.columns) == explain.AGREEMENT_COLUMNS
+    r = a.set_index(["explainer", "method"])["mean_r"]
+    assert r[("gradcam", "oracle")] == pytest.approx(1.0)  # the same maps on the same images (positions matched)
+    assert r[("gradcam", "right")] < 0.1
+    assert (a.n == 3).all() and (a.reference == "occlusion").all()
+    heat.other = {}
+    assert explain.agreement_table(heat).empty
+
+
+def test_profiles_know_the_explainer_settings():
+    from ssl_lib.profiles import ProfileError
+
+    for name in ("smoke", "quick", "paper"):
+        ex = get_profile(name).explain
+        assert ex.explainers[0] == "gradcam" and "occlusion" in ex.explainers
+        assert 1 <= ex.occlusion_stride <= ex.occlusion_size
+    assert explain_profile("quick").occlusion_max_images is not None  # occlusion is capped where time is short
+    with pytest.raises(ProfileError, match="occlusion_stride"):
+        get_profile("quick", explain={"occlusion_stride": 16})
+    with pytest.raises(ProfileError, match="occlusion_size 128 px does not fit"):
+        get_profile("quick", explain={"occlusion_size": 128, "occlusion_stride": 8})
+    with pytest.raises(ProfileError, match="not registered"):
+        get_profile("quick", explain={"explainers": ("gradcam", "smoothgrad")})
+    with pytest.raises(ProfileError, match="must include 'gradcam'"):
+        get_profile("quick", explain={"explainers": ("layercam",)})
+    with pytest.raises(ProfileError, match="occlusion_fill"):
+        get_profile("quick", explain={"occlusion_fill": 300})
+
+
+def test_the_lung_is_scored_on_chest_tasks_by_default():
+    assert explain.lung_task("covid") and not explain.lung_task("brain") and not explain.lung_task("organs")
+    assert not explain.lung_task("no_such_task")

@@ -289,9 +289,9 @@ def gradcam() -> list[Cell]:
         ('md', """
 # Grad-CAM: where do the fine-tuned models look?
 
-Wolf et al. (2023) applied Grad-CAM (Selvaraju et al. 2017, via `pytorch-grad-cam`) to the COVID-19 test images with the fine-tuned model of each pre-training method (Figure 4) and compared the methods by the Pearson correlation between two methods' heat maps of the same image, averaged over the test set. They found low mean correlations (0.02–0.07): the methods focus on different regions, mostly inside the lung.
+Wolf et al. (2023) applied Grad-CAM (Selvaraju et al. 2017, via `pytorch-grad-cam`) to the COVID-19 test images with the fine-tuned model of each pre-training method (Figure 4) and compared the methods by the Pearson correlation between two methods' heat maps of the same image, averaged over the test set. They found low mean correlations (0.02–0.07): the methods focus on different regions, and "the majority of focus points are located in the lung".
 
-This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the first, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout, the correlation matrix with bootstrap 95 % intervals, and — beyond the paper, where the data set has lesion masks (the synthetic tasks do) — how well each method's heat map localises the lesion compared with heat maps that know nothing of the image.
+This notebook computes the heat maps at the last ResNet stage (`layer4`; the quick profile uses the first, see below) for the model of every initialisation (including no pre-training, *random*) on the same test images, shows the Figure 4 layout and the correlation matrix with bootstrap 95 % intervals. Beyond the paper it explains the same models with more than one method — three other class activation maps and occlusion sensitivity, which asks the model instead of its gradients — measures how well each method's maps localise the lesion (where the data set has lesion masks) and whether they lie in the lung (the paper's claim), against maps that know nothing of the image, and which gradient map agrees with occlusion. The text under the tables is written from the tables when the book is built.
 """),
         ('params', """
 profile = "quick"  # smoke | quick | paper
@@ -301,20 +301,23 @@ fraction = 1.0  # which fine-tuned models: fraction of the training set ...
 run_seed = 0  # ... and fine-tuning seed (the grid keeps the models of its first seed; `seed` is the study's)
 fold = -1  # cross-validated tasks (brain): the fold of that model
 n_examples = 2  # example images per class in the Figure 4 layout
+lung = "auto"  # score the maps inside the lung: "auto" (the COVID-19 chest task), True or False
 """),
         ('code', """
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from ssl_lib import explain, explain_figures
+from ssl_lib import explain, explain_figures, explain_text, present
+from ssl_lib.profiles import explain_profile
 """),
         ('md', """
 ## Heat maps of every method on the same test images
 
-For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below). Where a profile enlarges the images for Grad-CAM (`input_size`; none of the shipped ones does), two more columns give the same accuracy and probability at the size the models were fine-tuned at (e.g. `accuracy_64px`, `prob_target_64px`): where they differ from the first two, the enlarged input moves the model's output, and its maps explain a model that sees other images than it was trained on.
+For each initialisation the fine-tuned model of this task, training fraction and seed is loaded and Grad-CAM explains the finding (COVID-19, class 1) for binary tasks, the true class otherwise. Maps are min-max scaled to [0, 1] and cached under `gradcam/`. The table gives each model's test accuracy on these images, its mean probability for the explained class, and how many Grad-CAM maps are constant (no positive evidence at all: such maps have no defined correlation and are left out below). Where a profile enlarges the images for Grad-CAM (`input_size`; none of the shipped ones does), two more columns give the same accuracy and probability at the size the models were fine-tuned at (e.g. `accuracy_64px`, `prob_target_64px`): where they differ from the first two, the enlarged input moves the model's output, and its maps explain a model that sees other images than it was trained on.
 """),
         ('code', """
-result = explain.run_gradcam(output_dir, task, fraction, run_seed, profile=profile, fold=fold)
+result = explain.run_gradcam(output_dir, task, fraction, run_seed, profile=profile, fold=fold, lung=lung)
 display(result.heat.summary().round(3))
+display(Markdown(explain_text.heat_coverage(result.heat)))
 """),
         ('md', """
 ## Figure 4: example heat maps
@@ -332,21 +335,44 @@ display(result.correlation.round(3))
 fig = explain_figures.plot_correlation(result.correlation)
 """),
         ('md', """
-Maps left out of the correlation and localisation above: a constant map (Grad-CAM found no
-positive evidence for the explained class) has no defined correlation and nothing to place.
-The quick profile runs Grad-CAM at the first ResNet stage (a 16 × 16 grid) on the test images at
-the 64 px its models were fine-tuned at: there the last stage is a 2 × 2 grid that cannot point at
-a lesion, and enlarged images put the models off their training size (see the methods page).
+Maps left out of the correlation and localisation, per explanation method and model: a constant
+map (no positive evidence for the explained class) has no defined correlation and nothing to place.
+The quick profile runs its class activation maps at the first ResNet stage (a 16 × 16 grid) on the
+test images at the 64 px its models were fine-tuned at: there the last stage is a 2 × 2 grid that
+cannot point at a lesion, and enlarged images put the models off their training size (see the
+methods page).
 """),
         ('code', 'result.dropped.round(3)'),
         ('md', """
-## Beyond the paper: do the heat maps find the lesion?
+## Beyond the paper: more than one explanation method
 
-On positive test images with a non-empty lesion mask: the **energy share** (the part of the heat map's total inside the mask) and the **pointing game** (is the map's maximum inside the mask, dilated by the profile's tolerance?). Two baselines that ignore the image set the bar: a uniform-random map (its expected score is the mask's area fraction, column `chance`) and a centre-Gaussian prior. Intervals are bootstrap 95 % over images; constant maps are left out (`n_excluded`). The table is empty for data without masks.
+A gradient map can miss what a model uses, so the same models explain the same images with three more class activation maps of `pytorch-grad-cam`, at the same layer and for the same class: **Grad-CAM++** (Chattopadhay et al. 2018, weights from higher-order gradients), **LayerCAM** (Jiang et al. 2021, each position weighted by its own positive gradient) and **HiResCAM** (Draelos & Carin 2020, gradient times activation, summed). They differ only in how activations and gradients are combined, so one backward pass serves all four. **Occlusion sensitivity** (Zeiler & Fergus 2014, through MONAI's `OcclusionSensitivity`) instead hides one square of the image at a time and records how much the probability of the explained class drops: it asks the model, not its gradients, and costs one forward pass per square, so it runs on fewer images (the profile's square, stride, fill and image cap are stated above). One image, every method and model:
+"""),
+        ('code', 'fig = explain_figures.plot_explainers(result.heat)'),
+        ('md', """
+## Where do the maps lie?
 """),
         ('code', """
-display(result.localisation.round(3)) if len(result.localisation) else print("no lesion masks in this store: nothing to localise")
-fig = explain_figures.plot_localisation(result.localisation)
+display(Markdown(explain_text.measures_text(result.localisation, explain_profile(profile).tolerance)
+                 or "*Nothing to localise: this store has no lesion masks and the lung is not scored for this task.*"))
+if len(result.localisation):
+    display(explain_text.score_grid(result.localisation, "energy"))
+    display(present.full_table(result.localisation.round(4), "localisation.csv", summary="Every score"))
+    fig = explain_figures.plot_localisation(result.localisation)
+"""),
+        ('code', 'display(Markdown(explain_text.findings(result.localisation)))'),
+        ('md', """
+## Which gradient map agrees with occlusion?
+
+Per model, the Pearson correlation between each gradient map and the occlusion map of the same image, averaged over the images occlusion explained, with a bootstrap 95 % interval. A gradient method that shows what the model uses should correlate with what hiding the image does.
+"""),
+        ('code', """
+if len(result.agreement):
+    display(result.agreement.round(3))
+    fig = explain_figures.plot_agreement(result.agreement)
+    display(Markdown(explain_text.agreement_text(result.agreement)))
+else:
+    print("occlusion is not among this profile's explanation methods")
 """),
         ('md', """
 ## Browse the heat maps
