@@ -46,6 +46,20 @@ def synthetic_sources(output_dir: str | os.PathLike) -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
+def whole_tables() -> None:
+    """Show tables whole in this notebook's kernel: every column, every row up to 200, no cell cut.
+
+    pandas' defaults cut a cell's text after 50 characters and a table after 20 columns with
+    "...", which the book then shows as it was (a per-class count list or a metric definition
+    ending in an ellipsis). The notebooks call this once, in their first code cell; wide tables
+    scroll sideways in their own box on the page.
+    """
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
+    pd.set_option("display.max_rows", 200)
+    pd.set_option("display.width", None)
+
+
 def synthetic_notice(output_dir: str | os.PathLike) -> str:
     """A MyST warning block naming the synthetic sources ('' when every source was real data)."""
     names = synthetic_sources(output_dir)

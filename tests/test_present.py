@@ -123,3 +123,15 @@ def test_the_books_figures_fit_the_page_and_are_legible():
     for name, fig in figures.items():
         assert present.legibility_problems(fig, max_width_px=850) == [], name
     plt.close("all")
+
+
+def test_whole_tables_shows_long_cells_and_many_columns():
+    import pandas as pd
+
+    frame = pd.DataFrame({f"c{i}": ["x" * 80] for i in range(25)})
+    with pd.option_context("display.max_colwidth", 50, "display.max_columns", 20, "display.max_rows", 60,
+                           "display.width", 80):  # restored after the test
+        assert "..." in frame._repr_html_()  # pandas' defaults cut both (what a notebook shows)
+        present.whole_tables()
+        html = frame._repr_html_()
+    assert "..." not in html and "x" * 80 in html and "c24" in html

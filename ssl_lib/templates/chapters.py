@@ -63,8 +63,11 @@ tasks = ""                     # labelled tasks as JSON; empty: the paper's covi
 seed = 0
 """),
         ('code', """
+from ssl_lib import present
 from ssl_lib.data import views
 from ssl_lib.data.prepare import prepare_stores
+
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 """),
         ('md', """
 ## Building the stores
@@ -152,9 +155,10 @@ executor_options = None        # slurm: e.g. {"partition": "gpu", "gpus_per_job"
 """, '48489f8d'),
         ('code', """
 import pandas as pd
-from ssl_lib import cluster, finetune as ft, report, runs
+from ssl_lib import cluster, finetune as ft, present, report, runs
 from ssl_lib.tasks import fold_of, use_study_tasks
 
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 prof = ft.get_profile(profile)
 seeds = list(seeds) if seeds is not None else list(prof.seeds)
 pd.DataFrame([vars(prof)]).T.rename(columns={0: profile})
@@ -242,6 +246,7 @@ executor_options = None        # slurm: e.g. {"partition": "gpu", "gpus_per_job"
 import pandas as pd
 from ssl_lib import cluster, finetune as ft, present, report
 
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 prof = ft.get_profile(profile)
 if imagenet_weights:  # the study keeps its own copy of the weights (never their path); runs read that
     ft.use_imagenet_weights(output_dir, imagenet_weights, prof.arch)
@@ -308,6 +313,8 @@ from IPython.display import Markdown, display
 
 from ssl_lib import explain, explain_figures, explain_text, present
 from ssl_lib.profiles import explain_profile
+
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 """),
         ('md', """
 ## Heat maps of every method on the same test images
@@ -412,6 +419,7 @@ alpha = 0.05
 from IPython.display import HTML, display
 from ssl_lib import present, report, stats
 
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 results = report.load_results(output_dir, profile)
 display(HTML(report.synthetic_banner(results)))
 print(f"{len(results)} fine-tuning runs of profile {profile!r}")

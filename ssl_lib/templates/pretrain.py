@@ -57,8 +57,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from ssl_lib import pretrain as pt
 from ssl_lib.data.store import SliceStore
+from ssl_lib import present
 from ssl_lib.paths import StudyPaths
 
+present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
 paths = StudyPaths(output_dir)
 slices = SliceStore(store or paths.store("lidc"))
 config = pt.get_config("{m}", profile, epochs=epochs, batch_size=batch_size)
