@@ -15,7 +15,9 @@ Wolf et al. 2023's study reads for one size of the study:
 The parts share constraints that no single table shows (:meth:`StudyProfile.validate`): the
 exported encoder must load into the fine-tuning model (the same ResNet on both sides: ResNet-18
 in ``smoke``/``quick``, ResNet-50 in ``paper``); the pre-training store's side is the one every
-method's profile is meant for; the task stores' side is the fine-tuning input size; Grad-CAM
+method's profile is meant for; no pre-training crop (SwAV's small crops and SparK's input
+included) reaches the ResNet's last stage as a 1 x 1 map (:data:`MIN_LAST_STAGE`); the task
+stores' side is the fine-tuning input size; Grad-CAM
 only enlarges images and reads an existing ResNet stage whose grid has at least one cell.
 Overrides (from the runner's ``--param`` or a notebook) are applied part by part and the result
 is validated: ``get_profile("quick", finetune={"image_size": 96}, data={"task_size": 96})``.
@@ -38,7 +40,7 @@ from .reduction import PAPER_FRACTIONS
 __all__ = ["PROFILE_NAMES", "ProfileError", "StudyProfile", "DataProfile", "SyntheticProfile", "FinetuneProfile",
            "ExplainProfile", "Needs", "NEEDS", "get_profile", "synthetic_profile", "finetune_profile",
            "explain_profile", "data_profile", "pretrain_profiles", "SYNTHETIC_NAMES", "PARAM_FIELDS",
-           "overrides_from_params"]
+           "overrides_from_params", "stage_side", "MIN_LAST_STAGE"]
 
 
 class ProfileError(SslCtError, ValueError):
@@ -254,6 +256,27 @@ _EXPLAIN = {
 #: Output stride of each ResNet stage (the Grad-CAM grid is the input side over it).
 STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
+
+def stage_side(side: int, stage: str = "layer4") -> int:
+    """The side of a torchvision ResNet's ``stage`` map for a ``side`` px input.
+
+    Every downsampling (the 7 x 7 stem conv, the max pool, the first block of layer2-4) has stride
+    2 and "same" padding, so it maps ``n`` to ``ceil(n / 2)``: layer4 is ``ceil(side / 32)``
+    after five halvings, e.g. 1 for 32 px and 2 for 33-64 px.
+    """
+    n = int(side)
+    for _ in range(STAGE_STRIDES[stage].bit_length() - 1):
+        n = (n + 1) // 2
+    return n
+
+
+#: The smallest last-stage (layer4) map a pre-training crop may reach. A 1 x 1 map leaves taps of
+#: the 3 x 3 convolutions of layer4 that see only zero padding; with bfloat16 on the CPU, oneDNN's
+#: convolution backward filled those weight-gradient taps with uninitialised memory, which LARS
+#: applied (the smoke SwAV run was NaN from its second step; float32, or oneDNN off, gave finite
+#: gradients, exactly zero there). At 2 x 2 every tap of every ResNet convolution sees the image.
+MIN_LAST_STAGE = 2
+
 #: Rough needs per profile. quick: the whole study took 10-14 min on 2 CPU cores (see the reproduce
 #: page); paper: a paper-profile pre-training filled 24 GB of host memory on a CPU-only machine.
 NEEDS = {
@@ -366,6 +389,13 @@ class StudyProfile:
             if cfg.arch != ft.arch:
                 out.append(f"profile {p!r}: {method} pre-trains a {cfg.arch} but fine-tuning builds a {ft.arch}; "
                            "the exported encoder must load into the fine-tuning model (same ResNet on both sides)")
+            for name, side in cfg.crop_sizes().items():
+                last = stage_side(side)
+                if last < MIN_LAST_STAGE:
+                    out.append(f"profile {p!r}: {method}'s {name} of {side} px reaches the last ResNet stage (layer4, "
+                               f"stride 32) as {last} x {last}; every crop must give at least {MIN_LAST_STAGE} x "
+                               f"{MIN_LAST_STAGE} there (>= 33 px): bfloat16 convolution gradients of 1 x 1 maps "
+                               "were not finite on the CPU")
             if cfg.store_size != d.lidc_size:
                 out.append(f"profile {p!r}: {method}'s profile is meant for a {cfg.store_size} px pre-training "
                            f"store but the lidc store is {d.lidc_size} px (data.lidc_size)")

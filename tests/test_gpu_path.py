@@ -1,15 +1,12 @@
-"""The GPU path (bf16 autocast, channels-last, compile, loader workers, no per-step syncs), checked on the CPU."""
+"""The GPU path (bf16 autocast, channels-last, compile, loader workers, no per-step host syncs), checked on the CPU."""
 
 import copy
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
-import lightning.pytorch as pl
 import torch
 
 import ssl_lib.finetune as ft
@@ -18,10 +15,9 @@ from ssl_lib.models.classifier import Classifier
 from ssl_lib.precision import autocast, resolve_channels_last, resolve_precision
 from ssl_lib.pretrain import METHODS, PROFILES, build_module, get_config, method_class, pretrain
 from ssl_lib.pretrain.run import MetricsLog, StoreDataModule, resolve_device_options
+from ssl_lib.syncs import HOST_SCALAR, count_syncs, optimizer_host_scalars
 from ssl_lib.torch_flags import run_flags, torch_flags
 
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +28,24 @@ def store(tmp_path_factory):
     return write_store(records, tmp_path_factory.mktemp("gpu") / "lidc", size=32, name="lidc")
 
 
-class SyncCounter:
-    """Counts tensor-to-Python conversions (``.item()``, ``float()``, ``bool()``, ``.tolist()``) made by
-    ssl_lib code while active: each is a host-device sync on a GPU. (torch's own CPU-side ones, e.g.
-    Adam's step counter, are not counted.)"""
+class StepMarks(pl.Callback):
+    """Marks a segment of a :func:`ssl_lib.syncs.count_syncs` count per training step:
+    ``("step", i)`` from the start of batch ``i`` to its end (forward, backward, optimizer step,
+    per-step callbacks), ``("after", i)`` from there to the next batch (scheduler, logging,
+    fetching the next batch; after the last batch: the epoch's end)."""
 
-    def __init__(self, monkeypatch):
-        self.calls, self.active = [], False
-        for name in ("item", "__float__", "__bool__", "tolist"):
-            original = getattr(torch.Tensor, name)
+    def __init__(self):
+        self.counts, self.trainer = None, None
 
-            def wrapper(t, *a, _name=name, _orig=original, **k):
-                caller = sys._getframe(1).f_code.co_filename
-                if self.active and f"{os.sep}ssl_lib{os.sep}" in caller:
-                    self.calls.append(f"{_name} in {caller}")
-                return _orig(t, *a, **k)
+    def host(self):  # optimizer step counters: on the host in a GPU run too
+        return optimizer_host_scalars(self.trainer.optimizers if self.trainer is not None else [])()
 
-            monkeypatch.setattr(torch.Tensor, name, wrapper)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.trainer = trainer
+        self.counts.mark(("step", batch_idx))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.counts.mark(("after", batch_idx))
 
 
 def test_resolve_precision_is_bf16_on_cuda_fp32_on_cpu():
@@ -91,44 +88,27 @@ def test_loader_pins_memory_and_keeps_workers():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_pretrain_bf16_mixed_on_cpu_two_steps(store, tmp_path, method, monkeypatch):
-    if method != "swav":
-        return bf16_two_steps(store, tmp_path, method, monkeypatch)
-    # SwAV gave a NaN loss at step 2 in two full-suite runs and never when run alone (root
-    # cause open: state left by an earlier test in the same interpreter). The study runs every step in
-    # a fresh process, so the check runs in one: the same assertions, no state from other tests.
-    code = ("import sys; from pathlib import Path; from _pytest.monkeypatch import MonkeyPatch\n"
-            "from ssl_lib.data.store import SliceStore; import tests.test_gpu_path as t\n"
-            "t.bf16_two_steps(SliceStore(Path(sys.argv[1])), Path(sys.argv[2]), 'swav', MonkeyPatch())")
-    run = subprocess.run([sys.executable, "-c", code, str(store.path), str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert run.returncode == 0, run.stderr[-3000:]
-
-
-def bf16_two_steps(store, tmp_path, method, monkeypatch):
-    """Two bf16-mixed steps on the CPU: finite losses, the card says bf16, no host sync in the step."""
-    counter = SyncCounter(monkeypatch)
-
-    def counted(fn):
-        def wrapper(*a, **k):
-            counter.active = True
-            try:
-                return fn(*a, **k)
-            finally:
-                counter.active = False
-        return wrapper
-
-    cls = method_class(method)
-    monkeypatch.setattr(cls, "training_step", counted(cls.training_step))
-    monkeypatch.setattr(MetricsLog, "on_train_batch_end", counted(MetricsLog.on_train_batch_end))
-    res = pretrain(method, store, tmp_path / method, profile="smoke", epochs=1, max_steps=2, precision="bf16-mixed",
-                   progress=False)
-    assert res.global_step == 2 and res.config.precision == "bf16-mixed"
+def test_pretrain_bf16_mixed_on_cpu_steps_without_host_syncs(store, tmp_path, method):
+    """Three bf16-mixed steps on the CPU (the GPU path's precision), in this process: finite losses, the
+    card says bf16, and no host-device sync from anyone (ssl_lib, lightly, timm, Lightning, torch) in any
+    step, the first included; the only syncs are the epoch's end (MetricsLog: the step losses to the
+    host once, the epoch mean across ranks)."""
+    marks = StepMarks()
+    with count_syncs(host=marks.host) as syncs:
+        marks.counts = syncs
+        res = pretrain(method, store, tmp_path / method, profile="smoke", epochs=1, max_steps=3,
+                       precision="bf16-mixed", progress=False, callbacks=[marks])
+    assert res.global_step == 3 and res.config.precision == "bf16-mixed"
     assert res.module.trainer.precision == "bf16-mixed"
-    assert np.isfinite(res.steps["loss"]).all() and len(res.steps) == 2
+    assert np.isfinite(res.steps["loss"]).all() and len(res.steps) == 3
     card = json.loads(res.encoder.with_suffix(".json").read_text())
     assert card["precision"] == "bf16-mixed"
-    assert counter.calls == []  # no .item()/float()/bool() in the training step or the per-step log
+    per = syncs.per_segment()
+    assert list(per) == [(k, i) for i in range(3) for k in ("step", "after")]
+    steps = {seg: n for seg, n in per.items() if seg != ("after", 2)}
+    assert set(steps.values()) == {0}, str(syncs)
+    assert syncs.in_segment(("after", 2)) == {"tolist": 1, "_local_scalar_dense": 1}, str(syncs)
+    assert {site.split(":")[0] for _, site in syncs.sites(("after", 2))} == {"ssl_lib/pretrain/run.py"}
     assert res.module.encoder._compiled_call_impl is None  # compile is off by default
 
 
@@ -267,30 +247,32 @@ def test_device_options_of_finetune_profiles():
 
 
 def test_finetune_bf16_autocast_on_cpu_gives_finite_metrics_without_step_syncs(monkeypatch):
+    """Fine-tuning's full-model steps make no host-device sync (counted from every caller, torch's Adam
+    included: its step counters stay on the host, also on a GPU); each epoch ends with the ones that
+    read the epoch's loss and validation predictions."""
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randint(0, 255, (24, 1, 32, 32), dtype=torch.uint8, generator=g), torch.arange(24) % 2
+    x, y = torch.randint(0, 255, (40, 1, 32, 32), dtype=torch.uint8, generator=g), torch.arange(40) % 2
     prof = ft.get_profile("smoke", batch_size=8, linear_epochs=1, full_epochs=2, precision="bf16-mixed")
     torch.manual_seed(0)
-    counter = SyncCounter(monkeypatch)
-    step = ft.train_step
+    step, optimizers, calls = ft.optimizer_step, [], []
 
-    def counting(fn):
-        def counted(*a, **k):
-            counter.active = True
-            try:
-                return fn(*a, **k)
-            finally:
-                counter.active = False
-        return counted
+    def marked(model, opt, *a, **k):
+        if not optimizers:
+            optimizers.append(opt)
+        calls.append(len(calls))
+        syncs.mark(calls[-1])
+        return step(model, opt, *a, **k)
 
-    calls = []
-    for name in ("optimizer_step", "prepare_images"):  # the full-model step and its input path
-        fn = getattr(ft, name)
-        monkeypatch.setattr(ft, name, counting(lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k)))
-    res = ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], prof, mean=0.5, std=0.25)
-    assert counter.calls == [] and {"optimizer_step", "prepare_images"} <= set(calls)  # no per-step sync
+    monkeypatch.setattr(ft, "optimizer_step", marked)
+    with count_syncs(host=optimizer_host_scalars(optimizers)) as syncs:
+        res = ft.fit(Classifier("resnet18", 2), x, y, x[:8], y[:8], prof, mean=0.5, std=0.25)
+    per = syncs.per_segment()
+    assert len(per) == 10  # 2 full epochs x 5 steps
+    last_of_epoch = {4, 9}
+    assert all(n == 0 for i, n in per.items() if i not in last_of_epoch), str(syncs)
+    assert syncs.by_op[HOST_SCALAR] > 0  # Adam read its step counters: no device sync
     curves = res.curves
     assert len(curves) == 3 and np.isfinite(curves[["train_loss", "val_loss", "val_accuracy"]].to_numpy()).all()
-    loss = step(res.model.train(), torch.optim.SGD(res.model.parameters(), lr=0.0), x[:4], y[:4], mean=0.5,
+    loss = ft.train_step(res.model.train(), torch.optim.SGD(res.model.parameters(), lr=0.0), x[:4], y[:4], mean=0.5,
                 std=0.25, precision="bf16-mixed")
     assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -177,7 +177,7 @@ def test_previews(store, runs, monkeypatch):
     images = store.read([0, 1, 2])
     views = preview("swav", images, profile="smoke")
     assert list(views) == ["original"] + [f"view {i}" for i in range(1, 5)]
-    assert views["view 1"].shape == (3, 1, 32, 32) and views["view 3"].shape == (3, 1, 16, 16)
+    assert views["view 1"].shape == (3, 1, 48, 48) and views["view 3"].shape == (3, 1, 40, 40)
     assert all(0 <= v.min() and v.max() <= 1 for v in views.values())
     spark = preview(runs["spark"].module, images)
     assert {"crop", "masked input", "reconstruction"} <= set(spark)

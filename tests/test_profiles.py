@@ -97,3 +97,28 @@ def test_runner_parameters_become_validated_overrides(tmp_path):
         study.check_request(tmp_path / "out", "quick", None, {"image_size": 96}, None, force=True)
     assert not (tmp_path / "out").exists()
     assert study.check_request(tmp_path / "out", "smoke", ["preprocess"], {"epochs": 1}, None, force=True)
+
+
+def test_no_pretraining_crop_reaches_the_last_stage_as_one_by_one(monkeypatch):
+    """bf16 convolution gradients of 1 x 1 maps were not finite on the CPU (the smoke SwAV NaN): every
+    crop of every method must reach layer4 (stride 32) as at least 2 x 2, i.e. be at least 33 px."""
+    from dataclasses import replace
+
+    from ssl_lib.pretrain import swav
+
+    assert [P.stage_side(s) for s in (16, 32, 33, 40, 64, 65, 96, 224, 512)] == [1, 1, 2, 2, 2, 3, 3, 7, 16]
+    assert P.stage_side(40, "layer3") == 3 and P.stage_side(64, "layer1") == 16
+    for name in P.PROFILE_NAMES:  # the shipped profiles pass, SwAV's small crops and SparK's input included
+        prof = P.get_profile(name)
+        for method in prof.methods():
+            assert all(P.stage_side(side) >= P.MIN_LAST_STAGE for side in prof.pretrain(method).crop_sizes().values())
+    assert set(P.get_profile("paper").pretrain("swav").crop_sizes()) == {"crop_size", "small_size"}
+    with pytest.raises(P.ProfileError, match=r"'smoke': byol's crop_size of 32 px reaches the last ResNet stage "
+                                             r"\(layer4, stride 32\) as 1 x 1") as err:
+        P.get_profile("smoke", pretrain={"crop_size": 32})
+    assert "swav's crop_size of 32 px" in str(err.value) and "spark's crop_size of 32 px" in str(err.value)
+    monkeypatch.setitem(swav.SPEC.profiles, "quick", replace(swav.PROFILES["quick"], small_size=32))
+    with pytest.raises(P.ProfileError, match=r"profile 'quick': swav's small_size of 32 px .* as 1 x 1"):
+        P.get_profile("quick")
+    monkeypatch.setitem(swav.SPEC.profiles, "quick", replace(swav.PROFILES["quick"], small_size=32, n_small=0))
+    assert P.get_profile("quick").problems() == []  # no small crops: their size is not used

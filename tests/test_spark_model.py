@@ -190,7 +190,7 @@ def test_perfect_prediction_gives_zero_loss_and_image_reconstruction():
     p = x.reshape(3, 3, 2, 32, 2, 32)
     mean, var = p.mean(dim=(1, 3, 5), keepdim=True), p.var(dim=(1, 3, 5), keepdim=True)  # unbiased, as official
     ideal = ((p - mean) / (var + 1e-6).sqrt()).reshape(x.shape)
-    model.decode = lambda feats, m: ideal  # instance override: forward wiring with a perfect decoder
+    model.decode = lambda feats, m, visible_per_sample=None: ideal  # instance override: forward wiring with a perfect decoder
     out = model(x, mask)
     assert out["loss"].item() < 1e-8
     torch.testing.assert_close(out["reconstruction"], x, rtol=1e-4, atol=1e-4)

@@ -59,7 +59,7 @@ class ToyModule(PretrainModule):
 
 PROFILES = {
     "smoke": ToyConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1, lr=0.05,
-                       crop_size=32),
+                       crop_size=48),
     "quick": ToyConfig(arch="resnet18", store_size=64, epochs=2, batch_size=32, every_n_epochs=1, lr=0.05,
                        crop_size=64),
     "paper": ToyConfig(),

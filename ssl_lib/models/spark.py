@@ -112,16 +112,18 @@ def _gathered_batch_norm(x: torch.Tensor, rows: torch.Tensor, bn: nn.BatchNorm2d
 class _Masks:
     """The patch mask upsampled (nearest) to any feature resolution, cached per forward call."""
 
-    def __init__(self, mask: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, mask: torch.Tensor, dtype: torch.dtype, visible_per_sample: int | None = None):
         self.mask, self.dtype, self.cache = mask, dtype, {}
         self.row_cache: dict = {}
-        self._count: int | None = None
+        self._count: int | None = None if visible_per_sample is None else mask.shape[0] * int(visible_per_sample)
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """Flat indices (into ``B*H*W``, ascending) of the visible positions at ``t``'s resolution.
 
-        The number of visible patches is read once per forward call (one host sync); the indices
-        come from a stable sort, so no further sync is needed."""
+        The number of visible patches is ``B x visible_per_sample`` when that is given (masks of
+        :meth:`SparK.random_mask`: no host sync); otherwise it is read from the mask once per
+        forward call (one host sync). The indices come from a stable sort, so no further sync is
+        needed."""
         size = t.shape[-2:]
         if size not in self.row_cache:
             if self._count is None:
@@ -329,14 +331,16 @@ class SparK(nn.Module):
                                  f"(True = visible), got {mask.dtype} {tuple(mask.shape)}")
 
     # ----------------------------------------------------------------------------- encoder
-    def sparse_features(self, x: torch.Tensor, mask: torch.Tensor,
-                        generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def sparse_features(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                        visible_per_sample: int | None = None) -> list[torch.Tensor]:
         """Sparse encoder forward: x (B,C,H,W), mask (B,1,h,w) bool -> [layer1..layer4] maps, zero where masked.
 
         In training with ``drop_path_rate > 0`` the residual branches are dropped per sample,
-        drawing from ``generator`` (or the global RNG)."""
+        drawing from ``generator`` (or the global RNG). ``visible_per_sample``: the number of
+        visible patches of every sample if known (:meth:`random_mask`'s masks: ``num_visible``),
+        which spares a host sync; ``None``: counted from the mask."""
         self._check(x, mask)
-        enc, masks = self.encoder, _Masks(mask, x.dtype)
+        enc, masks = self.encoder, _Masks(mask, x.dtype, visible_per_sample)
         x = x * masks.at(x)
         x = enc.conv1(x)
         x = F.relu(masked_batch_norm(x, masks.at(x), enc.bn1, masks.rows(x)))
@@ -379,9 +383,10 @@ class SparK(nn.Module):
         return (patches * std + mean).reshape(x.shape).to(x.dtype)
 
     # ----------------------------------------------------------------------------- forward
-    def decode(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def decode(self, feats: list[torch.Tensor], mask: torch.Tensor,
+               visible_per_sample: int | None = None) -> torch.Tensor:
         """Densify the 4 sparse stage maps and decode: -> (B, in_chans, H, W) in normalised-patch units."""
-        masks = _Masks(mask, feats[0].dtype)
+        masks = _Masks(mask, feats[0].dtype, visible_per_sample)
         dense = []
         for f, norm, token, proj in zip(feats, self.densify_norms, self.mask_tokens, self.projs):
             vis = masks.at(f)
@@ -395,14 +400,16 @@ class SparK(nn.Module):
         return self.head(y)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict:
+                generator: torch.Generator | None = None, visible_per_sample: int | None = None) -> dict:
         """x (B,C,H,W) -> {"loss": scalar, "reconstruction": (B,C,H,W) detached, image scale, "mask": (B,1,h,w)}.
 
-        ``generator`` drives the drop-path draws (the mask, if ``None``, comes from the global RNG)."""
+        ``generator`` drives the drop-path draws (the mask, if ``None``, comes from the global RNG).
+        ``visible_per_sample``: pass ``num_visible`` with masks of :meth:`random_mask` (no host
+        sync then); ``None``: the count is read from ``mask``."""
         self._check(x, mask)
         if mask is None:
-            mask = self.random_mask(x.shape[0], device=x.device)
-        pred = self.decode(self.sparse_features(x, mask, generator), mask)
+            mask, visible_per_sample = self.random_mask(x.shape[0], device=x.device), self.num_visible
+        pred = self.decode(self.sparse_features(x, mask, generator, visible_per_sample), mask, visible_per_sample)
         loss = self.patch_loss(pred, x, mask)
         with torch.no_grad():
             reconstruction = self._denormalise(pred.detach(), x)

@@ -104,6 +104,11 @@ class PretrainConfig:
         if self.keep_checkpoints not in KEEP_CHECKPOINTS:
             raise PretrainError(f"keep_checkpoints must be one of {KEEP_CHECKPOINTS}, got {self.keep_checkpoints!r}")
 
+    def crop_sizes(self) -> dict[str, int]:
+        """``{field: side in px}`` of every input size the backbone sees (checked by
+        :meth:`ssl_lib.profiles.StudyProfile.problems`: none may reach the last stage as 1 x 1)."""
+        return {"crop_size": int(self.crop_size)}
+
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
@@ -277,11 +282,18 @@ class PretrainModule(pl.LightningModule):
         images = batch[0]
         x = self.normalize(images)
         loss = self.step_loss(x, self.step_generator())
-        # the progress bar turns its metrics into Python numbers every step (a host-device sync):
-        # show the loss there only on the CPU, where that costs nothing
-        self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=self.device.type == "cpu", sync_dist=True,
+        self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=self.loss_on_progress_bar(), sync_dist=True,
                  batch_size=images.shape[0])
         return loss
+
+    def loss_on_progress_bar(self) -> bool:
+        """Whether the step's loss goes to the progress bar: only on the CPU and when a bar is shown.
+
+        Lightning turns progress-bar metrics into Python numbers every step (a host-device sync on a
+        GPU), so on CUDA the loss stays on the device until the epoch ends (:class:`~.run.MetricsLog`).
+        """
+        return (self.device.type == "cpu" and self._trainer is not None
+                and self._trainer.progress_bar_callback is not None)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         seen, out = set(), []

@@ -12,7 +12,8 @@ exported online encoder is a stock torchvision ResNet state dict.
 
 Heads and loss come from lightly (``BYOLProjectionHead``, ``BYOLPredictionHead``,
 ``NegativeCosineSimilarity``, ``update_momentum``, ``cosine_schedule``) and the optimiser is
-lightly's LARS (no weight decay or LARS scaling for norm layers and biases). Under DDP on GPUs
+lightly's LARS stepped without host syncs (:mod:`.lars`; no weight decay or LARS scaling for norm
+layers and biases). Under DDP on GPUs
 the batch norms become SyncBatchNorm (BYOL's global batch statistics).
 
 Shapes: batch uint8 (B, 1, H, W) -> views (B, 1, crop, crop) -> features (B, F) -> projections
@@ -26,13 +27,13 @@ from dataclasses import dataclass
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
 from .base import MethodSpec, MomentumModule, PretrainConfig, scaled_sigma
+from .lars import LARS
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ PROFILES = {
                         blur_sigma=scaled_sigma(64), proj_hidden=1024, pred_hidden=1024, proj_dim=128,
                         momentum_start=0.99, loss_scale=1.0),
     "smoke": BYOLConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
-                        lr=0.2, warmup_epochs=0, crop_size=32, blur_sigma=scaled_sigma(32),
+                        lr=0.2, warmup_epochs=0, crop_size=48, blur_sigma=scaled_sigma(48),
                         proj_hidden=256, pred_hidden=256, proj_dim=64, momentum_start=0.99, loss_scale=1.0),
 }
 

@@ -141,7 +141,7 @@ PROFILES = {
                         lr=0.06, crop_size=64, blur_sigma=scaled_sigma(64), proj_hidden=512,
                         queue_size=128, encoder_momentum=0.99),
     "smoke": MoCoConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
-                        lr=0.03, crop_size=32, blur_sigma=scaled_sigma(32), proj_hidden=256,
+                        lr=0.03, crop_size=48, blur_sigma=scaled_sigma(48), proj_hidden=256,
                         proj_dim=64, queue_size=16, encoder_momentum=0.99),
 }
 

@@ -164,7 +164,7 @@ class SparKModule(PretrainModule):
     def step_loss(self, x, generator=None):
         (v,) = self.views(x, generator)
         mask = self.spark.random_mask(v.shape[0], device=v.device, generator=generator)
-        return self.spark(self.rgb(v), mask, generator)["loss"]
+        return self.spark(self.rgb(v), mask, generator, visible_per_sample=self.spark.num_visible)["loss"]
 
     @torch.no_grad()
     def preview(self, images, seed=0):
@@ -173,7 +173,7 @@ class SparKModule(PretrainModule):
         g = self.step_generator(seed)
         (v,) = self.views(x, g)
         mask = self.spark.random_mask(v.shape[0], device=v.device, generator=g)
-        out = self.spark(self.rgb(v), mask)
+        out = self.spark(self.rgb(v), mask, visible_per_sample=self.spark.num_visible)
         visible = mask.float().repeat_interleave(self.spark.downsample_ratio, 2) \
                       .repeat_interleave(self.spark.downsample_ratio, 3)
         shown = self.denormalize(v)

@@ -10,7 +10,8 @@ lr 0.15, wd 1e-6, batch 128, prototypes frozen for the first 313 steps.
 CT slices are grey: the normalised slice is repeated to 3 channels (as the paper), so the
 exported encoder is a stock torchvision ResNet state dict.
 
-Projection head and loss from lightly (``SwaVProjectionHead``, ``SwaVLoss``); LARS from lightly.
+Projection head and loss from lightly (``SwaVProjectionHead``, ``SwaVLoss``); LARS is lightly's, stepped
+without host syncs (:mod:`.lars`).
 The prototypes are a bias-free linear layer as in SwAV's code (lightly's ``SwaVPrototypes`` has
 a bias), frozen as in the SwAV reference code by dropping their gradients for the first
 ``frozen_prototype_steps`` steps (rather than a ``requires_grad`` toggle, which DDP does not
@@ -32,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead
-from lightly.utils.lars import LARS
 from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
 from .base import MethodSpec, PretrainConfig, PretrainModule, scaled_sigma
+from .lars import LARS
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class SwAVConfig(PretrainConfig):
     small_scale: tuple[float, float] = (0.1, 0.33)
     sync_batchnorm: bool = True
     exclude_norm_bias: bool = False
+
+    def crop_sizes(self) -> dict[str, int]:
+        """The large crops and, with ``n_small > 0``, the small ones."""
+        return {**super().crop_sizes(), **({"small_size": int(self.small_size)} if self.n_small else {})}
 
 
 class SwAV(PretrainModule):
@@ -137,15 +142,17 @@ class SwAV(PretrainModule):
 
 #: The paper profile is Supplementary Table 5; ``quick`` (64 px, ResNet18, ~110 s on 2 CPU cores for ~400
 #: slices) and ``smoke`` (tests) use fewer and smaller crops, fewer prototypes and a higher learning rate.
+#: No crop is below 33 px, so every crop reaches ResNet's last stage as at least 2 x 2
+#: (:data:`ssl_lib.profiles.MIN_LAST_STAGE`; the small crops were 16 px in ``smoke`` and 32 px in ``quick``).
 PROFILES = {
     "paper": SwAVConfig(),
     "quick": SwAVConfig(arch="resnet18", store_size=64, epochs=6, batch_size=32, every_n_epochs=3,
-                        lr=0.3, warmup_epochs=1, crop_size=64, small_size=32, n_small=4,
+                        lr=0.3, warmup_epochs=1, crop_size=64, small_size=40, n_small=4,
                         blur_sigma=scaled_sigma(64), proj_hidden=512, n_prototypes=100,
                         frozen_prototype_steps=20, sync_batchnorm=False, exclude_norm_bias=True),
     "smoke": SwAVConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
-                        lr=0.3, warmup_epochs=0, crop_size=32, small_size=16, n_small=2,
-                        blur_sigma=scaled_sigma(32), proj_hidden=256, proj_dim=64, n_prototypes=16,
+                        lr=0.3, warmup_epochs=0, crop_size=48, small_size=40, n_small=2,
+                        blur_sigma=scaled_sigma(48), proj_hidden=256, proj_dim=64, n_prototypes=16,
                         frozen_prototype_steps=4, sync_batchnorm=False, exclude_norm_bias=True),
 }
 
