@@ -24,9 +24,17 @@ instead of its own worker processes:
   what is missing. An interrupt of the parent cancels its submitted jobs.
 
 ``kind``: ``"slurm"`` (submitit's SLURM executor: ``sbatch --array``) or ``"submitit-local"``
-(submitit's local executor: the same jobs as subprocesses of this machine, in waves of
-``array_parallelism``; what the tests use). ``"local"`` is no executor: ``run_grid``'s worker
-processes (:func:`make_executor` returns ``None``).
+(submitit's local executor: the same jobs as subprocesses of this machine; what the tests use).
+``"local"`` is no executor: ``run_grid``'s worker processes (:func:`make_executor` returns ``None``).
+
+**One GPU per job.** A fine-tuning run trains on one device, so ``gpus_per_job`` is 0 or 1 (more
+would be allocated and left idle: refused). On SLURM, the scheduler gives each job its own GPU.
+On ``submitit-local`` this class does it (submitit's local executor would set
+``CUDA_VISIBLE_DEVICES=0`` for every job, so all of them would share the first GPU): with a CUDA
+``device`` each job gets one of the GPUs this process sees (:func:`visible_gpus`) as its only
+``CUDA_VISIBLE_DEVICES``, and at most one job runs per GPU (and at most ``array_parallelism``);
+a new job starts on a GPU as soon as its previous job ends. On the CPU the jobs see no GPU, at
+most ``array_parallelism`` at a time.
 
     from ssl_lib import cluster, finetune as ft
     ex = cluster.GridExecutor("slurm", partition="gpu", gpus_per_job=1, time_min=240, array_parallelism=32)
@@ -60,7 +68,7 @@ class GridExecutor:
     """Runs groups of grid runs as submitit jobs (see the module docstring).
 
     ``partition``: SLURM partition (``None``: the cluster's default); ``gpus_per_job``: GPUs
-    per job (``--gpus-per-node``); ``cpus_per_job``: CPU cores per job (also the job's torch
+    per job (``--gpus-per-node``; 0 or 1, see the module docstring); ``cpus_per_job``: CPU cores per job (also the job's torch
     threads; ``None``: the scheduler's default, or on ``submitit-local`` an even share of this
     machine's cores); ``mem_gb``: memory per job (``None``: the
     default); ``time_min``: time limit per job in minutes; ``array_parallelism``: jobs of the
@@ -90,6 +98,10 @@ class GridExecutor:
         for name in ("gpus_per_job", "retries"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+        if self.gpus_per_job > 1:
+            raise ValueError(f"gpus_per_job={self.gpus_per_job}: a fine-tuning run trains on one GPU, so a job "
+                             "would hold GPUs it leaves idle; use gpus_per_job=1 (jobs run side by side, one per "
+                             "GPU) or 0 for CPU jobs")
         for name in ("time_min", "array_parallelism"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
@@ -100,10 +112,11 @@ class GridExecutor:
     def _submitit(self, folder: Path):
         import submitit
 
-        if self.kind == "slurm":
-            ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        else:
-            ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
+        if self.kind == "submitit-local":  # its GPUs are set per job (_use_gpus)
+            ex = submitit.LocalExecutor(folder=str(folder))
+            ex.update_parameters(timeout_min=int(self.time_min))
+            return ex
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
         params = {"timeout_min": int(self.time_min), "gpus_per_node": int(self.gpus_per_job),
                   "cpus_per_task": self.cpus_per_job, "mem_gb": self.mem_gb, "name": "ssl-ct-finetune",
                   "slurm_array_parallelism": int(self.array_parallelism)}
@@ -112,6 +125,25 @@ class GridExecutor:
         params.update(self.slurm_extra)
         ex.update_parameters(**params)
         return ex
+
+    @staticmethod
+    def _use_gpus(ex, gpus: tuple[int, ...]) -> None:
+        """The next local job sees exactly ``gpus`` (``CUDA_VISIBLE_DEVICES``; none for ``()``)."""
+        ex.update_parameters(gpus_per_node=len(gpus), visible_gpus=tuple(gpus))
+
+    def _slots(self, device: str) -> list[tuple[int, ...]] | None:
+        """The local executor's job slots (the GPUs each job sees); ``None`` on SLURM (the scheduler's job)."""
+        cuda = str(device).startswith("cuda")
+        if cuda and self.gpus_per_job == 0:
+            raise ValueError(f"device {device!r} needs a GPU per job, but gpus_per_job=0")
+        if self.kind == "slurm":
+            return None
+        if not cuda:
+            return [()] * self.array_parallelism
+        gpus = visible_gpus()
+        if not gpus:
+            raise ValueError(f"submitit-local on device {device!r}: this machine shows no GPU to give the jobs")
+        return [(g,) for g in gpus][: self.array_parallelism]
 
     def _poll(self) -> float:
         return self.poll_s if self.poll_s is not None else (30.0 if self.kind == "slurm" else 0.5)
@@ -138,16 +170,17 @@ class GridExecutor:
         units = todo if self.per_job == "group" else [[j] for g in todo for j in g]
         if not units:
             return
+        slots = self._slots(str(device))
         folder = paths.finetune / "jobs" / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         ex = self._submitit(folder)
         threads = self.cpus_per_job  # local subprocesses share this machine's cores evenly
-        if threads is None and self.kind == "submitit-local":
-            threads = max(1, (os.cpu_count() or 1) // min(self.array_parallelism, len(units)))
+        if threads is None and slots is not None:
+            threads = max(1, (os.cpu_count() or 1) // min(len(slots), len(units)))
         failed: list[tuple[dict, str]] = []
         for attempt in range(self.retries + 1):
             failed = self._run_units(ex, units, str(output_dir), prof, str(device), threads, results, on_done,
-                                     paths.root)
+                                     paths.root, slots)
             if not failed:
                 return
             again = {id(j) for j, _ in failed}
@@ -160,44 +193,74 @@ class GridExecutor:
                            f"these:\n" + "\n".join(lines))
 
     def _run_units(self, ex, units, output_dir: str, prof, device: str, threads, results: Path, on_done,
-                   root: Path) -> list[tuple[dict, str]]:
-        """Submit ``units`` (in waves of ``array_parallelism`` on the local executor), merge rows as jobs end.
+                   root: Path, slots: list[tuple[int, ...]] | None = None) -> list[tuple[dict, str]]:
+        """Submit ``units`` and merge their rows as jobs end.
 
+        ``slots``: ``None`` submits all units as one job array (SLURM runs them); otherwise one job per
+        slot at a time, each seeing the slot's GPUs only, the next unit starting when a slot frees.
         Returns the runs without a row file once their job ended, with the job's log (relative).
         """
-        waves = [units] if self.kind == "slurm" else [units[i:i + self.array_parallelism]
-                                                      for i in range(0, len(units), self.array_parallelism)]
         failed: list[tuple[dict, str]] = []
-        for wave in waves:
-            jobs = ex.map_array(run_jobs, [output_dir] * len(wave), [prof] * len(wave), [device] * len(wave),
-                                [_plain(u) for u in wave], [threads] * len(wave))
-            pending = dict(zip(range(len(wave)), jobs))
-            try:
-                while pending:
-                    time.sleep(self._poll())
-                    finished = [i for i, job in pending.items() if job.done()]
-                    ready = []
-                    for i in list(pending):
-                        u = wave[i]
-                        have = [j for j in u if row_file(output_dir, j).is_file()]
-                        if i in finished:
-                            ready += have
-                            missing = [j for j in u if j not in have and not j.get("_merged")]
-                            failed += [(j, _log_of(pending[i], root)) for j in missing]
-                            del pending[i]
-                        else:  # a group job's runs that are already done are merged as they come
-                            ready += [j for j in have if not j.get("_merged")]
-                    ready = [j for j in ready if not j.get("_merged")]
-                    if ready:
-                        merge_rows(results, [(j, row_file(output_dir, j)) for j in ready])
-                        for j in ready:
-                            j["_merged"] = True
-                            on_done(j)
-            except BaseException:
-                for job in pending.values():
-                    job.cancel(check=False)
-                raise
+        queue = list(range(len(units)))
+        pending: dict[int, tuple] = {}  # unit index -> (job, slot)
+        free = list(slots or [])
+        if slots is None:
+            jobs = ex.map_array(run_jobs, [output_dir] * len(units), [prof] * len(units), [device] * len(units),
+                                [_plain(u) for u in units], [threads] * len(units))
+            pending, queue = {i: (job, None) for i, job in enumerate(jobs)}, []
+        try:
+            while pending or queue:
+                while queue and free:
+                    i, slot = queue.pop(0), free.pop(0)
+                    self._use_gpus(ex, slot)
+                    (job,) = ex.map_array(run_jobs, [output_dir], [prof], [device], [_plain(units[i])], [threads])
+                    pending[i] = (job, slot)
+                time.sleep(self._poll())
+                finished = [i for i, (job, _) in pending.items() if job.done()]
+                ready = []
+                for i in list(pending):
+                    u = units[i]
+                    have = [j for j in u if row_file(output_dir, j).is_file()]
+                    if i in finished:
+                        ready += have
+                        missing = [j for j in u if j not in have and not j.get("_merged")]
+                        failed += [(j, _log_of(pending[i][0], root)) for j in missing]
+                        if pending[i][1] is not None:
+                            free.append(pending[i][1])
+                        del pending[i]
+                    else:  # a group job's runs that are already done are merged as they come
+                        ready += [j for j in have if not j.get("_merged")]
+                ready = [j for j in ready if not j.get("_merged")]
+                if ready:
+                    merge_rows(results, [(j, row_file(output_dir, j)) for j in ready])
+                    for j in ready:
+                        j["_merged"] = True
+                        on_done(j)
+        except BaseException:
+            for job, _ in pending.values():
+                job.cancel(check=False)
+            raise
         return failed
+
+
+def visible_gpus() -> list[int]:
+    """The GPUs this process sees, as the indices ``CUDA_VISIBLE_DEVICES`` gives a child process.
+
+    ``torch.cuda.device_count()`` GPUs: ``0 .. n-1``, or, when this process runs with
+    ``CUDA_VISIBLE_DEVICES`` set, the first ``n`` of its entries (a job must name the same
+    physical GPU). Entries that are not indices (GPU UUIDs, MIG ids) are an error: submitit's
+    local executor hands out indices only.
+    """
+    import torch
+
+    n = torch.cuda.device_count()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [x.strip() for x in env.split(",") if x.strip()][:n] if env is not None else [str(i) for i in range(n)]
+    odd = [x for x in names if not x.isdigit()]
+    if odd:
+        raise ValueError(f"CUDA_VISIBLE_DEVICES names GPU {odd[0]!r} by more than an index; submitit-local gives "
+                         "each job one GPU by index: list the GPUs by index (e.g. 0,1,2,3) or unset it")
+    return [int(x) for x in names]
 
 
 def make_executor(kind: str = "local", **options) -> GridExecutor | None:

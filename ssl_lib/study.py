@@ -1124,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="local: worker processes of this machine (default); slurm: one SLURM job array per "
                            "batch of runs (submitit); submitit-local: the same jobs as local subprocesses")
     grid.add_argument("--partition", default=None, help="SLURM partition of the jobs (default: the cluster's)")
-    grid.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (default 1)")
+    grid.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job: 1 (default; submitit-local gives each job its own GPU) or 0 for CPU jobs")
     grid.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores per job (default: the cluster's)")
     grid.add_argument("--mem-gb", type=float, default=None, help="memory per job (default: the cluster's)")
     grid.add_argument("--time-limit", type=int, default=None, metavar="MINUTES", help="time limit per job (default 240)")
@@ -1140,7 +1140,8 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
     p_pre.add_argument("--store", default=None, help="slice store (default <output>/stores/lidc)")
     p_pre.add_argument("--epochs", type=int, default=None)
-    p_pre.add_argument("--batch-size", type=int, default=None, help="per device")
+    p_pre.add_argument("--batch-size", type=int, default=None,
+                       help="the global batch, split evenly over all devices (default: the profile's)")
     p_pre.add_argument("--devices", type=int, default=1, help="GPUs per node")
     p_pre.add_argument("--nodes", type=int, default=1)
     p_pre.add_argument("--num-workers", type=int, default=4)

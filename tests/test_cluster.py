@@ -131,8 +131,11 @@ def test_row_left_by_a_job_is_merged_once_without_rerunning(tmp_path):
 
 def test_executor_options_are_checked():
     assert cluster.make_executor("local") is None
-    ex = cluster.make_executor("slurm", partition="gpu", gpus_per_job=2, time_min=90, array_parallelism=8)
-    assert (ex.kind, ex.partition, ex.gpus_per_job, ex.time_min, ex.array_parallelism) == ("slurm", "gpu", 2, 90, 8)
+    ex = cluster.make_executor("slurm", partition="gpu", gpus_per_job=1, time_min=90, array_parallelism=8)
+    assert (ex.kind, ex.partition, ex.gpus_per_job, ex.time_min, ex.array_parallelism) == ("slurm", "gpu", 1, 90, 8)
+    for kind in ("slurm", "submitit-local"):  # a run trains on one GPU: more per job would sit idle
+        with pytest.raises(ValueError, match=r"gpus_per_job=2: a fine-tuning run trains on one GPU.*gpus_per_job=1"):
+            cluster.make_executor(kind, gpus_per_job=2)
     with pytest.raises(ValueError, match="unknown executor"):
         cluster.make_executor("pbs")
     with pytest.raises(ValueError, match="time_min"):
@@ -141,6 +144,111 @@ def test_executor_options_are_checked():
         cluster.GridExecutor("slurm", per_job="task")
     with pytest.raises(ValueError, match="worker processes"):
         cluster.GridExecutor("local")
+
+
+class FakeJob:
+    """A local job that ends after ``polls`` checks, writing its runs' rows then (as a real job would)."""
+
+    def __init__(self, output_dir, unit, gpus, polls, log):
+        self.output_dir, self.unit, self.gpus, self.polls, self.log = output_dir, unit, gpus, polls, log
+        self.job_id, self.ended = str(len(log)), False
+
+    def done(self):
+        if not self.ended:
+            self.polls -= 1
+            if self.polls <= 0:
+                self.ended = True
+                for j in self.unit:
+                    cluster.write_row(self.output_dir, j, {**dict(zip(ft.RUN_KEY, j["key"])), "accuracy": 0.5})
+        return self.ended
+
+    def cancel(self, check=False):
+        self.ended = True
+
+
+class FakeLocal:
+    """submitit's LocalExecutor as ``GridExecutor`` drives it: parameters, then one ``map_array`` per job."""
+
+    def __init__(self):
+        self.parameters, self.jobs = {}, []
+
+    def update_parameters(self, **kwargs):
+        self.parameters.update(kwargs)
+
+    def map_array(self, fn, outs, profs, devices, units, threads):
+        running = [j for j in self.jobs if not j.ended]
+        n, gpus = self.parameters["gpus_per_node"], tuple(self.parameters["visible_gpus"])
+        assert n == len(gpus)  # CUDA_VISIBLE_DEVICES = exactly these
+        job = FakeJob(outs[0], units[0], gpus, polls=1 + len(self.jobs) % 3, log=self.jobs)
+        job.running_then = [r.gpus for r in running]
+        self.jobs.append(job)
+        return [job]
+
+
+def _units(n):
+    return [[{"task": "covid", "init": "byol", "fraction": 1.0, "seed": s, "pretrain_epoch": None,
+              "key": ("covid", "byol", 1.0, s, -1, "smoke")}] for s in range(n)]
+
+
+def test_local_jobs_get_one_gpu_each_and_never_share_it(tmp_path, monkeypatch):
+    """submitit-local on a machine with 3 GPUs (a fake count): 7 runs, never more than 3 jobs at once, each with
+    its own CUDA_VISIBLE_DEVICES (submitit alone would give every job GPU 0); on the CPU the jobs see none."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake = FakeLocal()
+
+    class Local(cluster.GridExecutor):
+        def _submitit(self, folder):
+            return fake
+
+    done = []
+    ex = Local("submitit-local", gpus_per_job=1, array_parallelism=64, poll_s=0)
+    ex.run(_units(7), tmp_path, PROF, "cuda", done.append)
+    assert len(done) == 7 and len(ft.read_results(tmp_path)) == 7
+    assert [len(j.gpus) for j in fake.jobs] == [1] * 7 and {j.gpus for j in fake.jobs} == {(0,), (1,), (2,)}
+    for job in fake.jobs:  # when a job started, the jobs still running held the other GPUs
+        assert len(job.running_then) < 3 and job.gpus not in job.running_then
+    assert max(len(j.running_then) for j in fake.jobs) == 2  # all three GPUs were busy at some point
+
+    # array_parallelism caps it further; CUDA_VISIBLE_DEVICES of this process maps the indices
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,9")
+    assert cluster.visible_gpus() == [5, 7, 9]
+    fake.jobs.clear()
+    Local("submitit-local", gpus_per_job=1, array_parallelism=2, poll_s=0).run(_units(5), tmp_path / "b", PROF,
+                                                                               "cuda:0", done.append)
+    assert {j.gpus for j in fake.jobs} <= {(5,), (7,)} and all(len(j.running_then) < 2 for j in fake.jobs)
+
+    # on the CPU: no GPU for any job
+    fake.jobs.clear()
+    Local("submitit-local", gpus_per_job=1, array_parallelism=2, poll_s=0).run(_units(3), tmp_path / "c", PROF,
+                                                                               "cpu", done.append)
+    assert [j.gpus for j in fake.jobs] == [()] * 3
+
+
+def test_local_gpu_jobs_need_gpus_and_indices(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    ex = cluster.GridExecutor("submitit-local", gpus_per_job=1, poll_s=0)
+    with pytest.raises(ValueError, match="this machine shows no GPU"):
+        ex.run(_units(1), tmp_path, PROF, "cuda", lambda j: None)
+    with pytest.raises(ValueError, match="needs a GPU per job, but gpus_per_job=0"):
+        cluster.GridExecutor("slurm", gpus_per_job=0).run(_units(1), tmp_path, PROF, "cuda", lambda j: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2c,GPU-11aa")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES names GPU 'GPU-8f2c' by more than an index"):
+        cluster.visible_gpus()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="a real local job (Linux)")
+def test_a_local_job_sees_only_its_gpu(tmp_path):
+    """The real submitit local executor, set up as GridExecutor does it: the job's CUDA_VISIBLE_DEVICES is its GPU."""
+    ex = cluster.GridExecutor("submitit-local", time_min=5)
+    sub = ex._submitit(tmp_path)
+    seen = []
+    for gpus in ((1,), ()):
+        ex._use_gpus(sub, gpus)
+        seen.append(sub.submit(os.getenv, "CUDA_VISIBLE_DEVICES").result())
+    assert seen == ["1", ""]
 
 
 def test_slurm_job_array_script(tmp_path, monkeypatch):
@@ -172,11 +280,13 @@ def test_runner_cluster_options_become_notebook_parameters(monkeypatch, tmp_path
     seen = {}
     monkeypatch.setattr(study, "run_study", lambda out, profile, steps, extra, **kw: seen.update(extra))
     assert study.main(["study", "--output", str(tmp_path), "--executor", "slurm", "--partition", "gpu",
-                       "--gpus-per-job", "2", "--time-limit", "90", "--array-parallelism", "16"]) == 0
-    assert seen == {"executor": "slurm", "executor_options": {"partition": "gpu", "gpus_per_job": 2, "time_min": 90,
+                       "--gpus-per-job", "1", "--time-limit", "90", "--array-parallelism", "16"]) == 0
+    assert seen == {"executor": "slurm", "executor_options": {"partition": "gpu", "gpus_per_job": 1, "time_min": 90,
                                                               "array_parallelism": 16}}
     ex = cluster.make_executor(seen["executor"], **seen["executor_options"])
-    assert (ex.partition, ex.gpus_per_job, ex.time_min, ex.array_parallelism) == ("gpu", 2, 90, 16)
+    assert (ex.partition, ex.gpus_per_job, ex.time_min, ex.array_parallelism) == ("gpu", 1, 90, 16)
+    with pytest.raises(SystemExit, match="gpus_per_job=2: a fine-tuning run trains on one GPU"):
+        study.main(["study", "--output", str(tmp_path), "--executor", "submitit-local", "--gpus-per-job", "2"])
     with pytest.raises(SystemExit, match="--partition needs --executor slurm"):
         study.main(["study", "--output", str(tmp_path), "--partition", "gpu"])
     with pytest.raises(SystemExit, match="time_min"):

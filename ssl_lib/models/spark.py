@@ -9,7 +9,8 @@ Modeling" (ICLR). Our own compact implementation (no library has SparK):
 - **Sparse encoder**: the *unchanged* ResNet is walked op by op (:meth:`SparK.sparse_features`);
   the masked image goes in, every conv/pool/BN output is multiplied by the mask upsampled to its
   resolution, and batch norm takes its batch statistics over visible positions only
-  (:func:`masked_batch_norm`, which uses the BN module's own weight, bias and running buffers).
+  (:func:`masked_batch_norm`, which uses the BN module's own weight, bias and running buffers;
+  under DDP over the visible positions of all ranks, as official SparK's synced sparse norms).
   So masked positions stay exactly zero and visible outputs never see masked pixels, and the
   encoder's ``state_dict`` stays a plain torchvision one (export it with ``encoder_state_dict``).
 - **Densify**: each of the 4 stage maps (layer1..layer4) gets a masked BN, its masked
@@ -49,6 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from .syncbn import SyncBatchNorm, distributed_world, global_batch_norm
+
 DOWNSAMPLE_RATIO = 32
 
 
@@ -64,7 +67,11 @@ def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d
     ``rows``: the flat indices (into ``B*H*W``) of the visible positions (:meth:`_Masks.rows`).
     Given, training gathers the visible feature rows, normalises them with the native
     ``F.batch_norm`` and scatters them back into zeros, as official SparK's ``SparseBatchNorm2d``
-    (faster than the masked sums below: measured ~1.5-1.9x for one layer1 norm on the CPU).
+    (faster than the masked sums below: measured ~1.5-1.9x for one layer1 norm on the CPU). If
+    ``bn`` is a :class:`~ssl_lib.models.syncbn.SyncBatchNorm` (a DDP run, ``sync_batchnorm``) the
+    statistics are those of the visible rows of all ranks together, as official SparK's
+    ``SparseSyncBatchNorm2d`` (:func:`~ssl_lib.models.syncbn.global_batch_norm`); the masked-sum
+    path without ``rows`` keeps per-rank statistics.
     """
     if (bn.training or not bn.track_running_stats) and rows is not None and rows.numel() > 1:
         return _gathered_batch_norm(x, rows, bn)
@@ -93,11 +100,18 @@ def masked_batch_norm(x: torch.Tensor, visible: torch.Tensor, bn: nn.BatchNorm2d
 
 
 def _gathered_batch_norm(x: torch.Tensor, rows: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Training-mode batch norm of the visible rows ``rows`` of ``x`` (B, C, H, W), zeros elsewhere."""
+    """Training-mode batch norm of the visible rows ``rows`` of ``x`` (B, C, H, W), zeros elsewhere.
+
+    A ``SyncBatchNorm`` ``bn`` (converted for DDP, :mod:`ssl_lib.models.syncbn`) takes its statistics
+    over the visible rows of all ranks, as official SparK's ``SparseSyncBatchNorm2d``."""
     B, C, H, W = x.shape
     dtype = torch.promote_types(x.dtype, torch.float32)  # statistics in >= float32 (AMP-safe)
     flat = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
     selected = flat.index_select(0, rows).to(dtype)
+    if isinstance(bn, SyncBatchNorm) and bn.training and distributed_world(bn.process_group) > 1:
+        y = global_batch_norm(selected, bn, bn.process_group)
+        out = flat.new_zeros(B * H * W, C).index_copy(0, rows, y.to(x.dtype))
+        return out.view(B, H, W, C).permute(0, 3, 1, 2)
     factor = 0.0
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)

@@ -55,7 +55,12 @@ KEEP_CHECKPOINTS = ("last", "all")
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Settings shared by all methods (sizes in pixels; ``batch_size`` per device).
+    """Settings shared by all methods (sizes in pixels).
+
+    ``batch_size``: the global batch, as the paper's on one GPU; under DDP it is split evenly over
+    the devices, learning rate unchanged (:mod:`.run`). ``sync_batchnorm``: under DDP every batch
+    norm takes the statistics of the global batch (on by default: the paper's one-GPU statistics;
+    ``False`` keeps per-device statistics and MoCo's shuffle-BN).
 
     ``store_size``: the store image side the profile is meant for (paper: 512, the LIDC slices;
     it only sizes the benchmark's generated store). ``crop_size``/``crop_scale``: the random
@@ -92,7 +97,7 @@ class PretrainConfig:
     flip_p: float = 0.5
     blur_p: tuple[float, ...] = (0.5, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool = True
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False

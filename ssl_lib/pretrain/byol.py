@@ -13,8 +13,8 @@ exported online encoder is a stock torchvision ResNet state dict.
 Heads and loss come from lightly (``BYOLProjectionHead``, ``BYOLPredictionHead``,
 ``NegativeCosineSimilarity``, ``update_momentum``, ``cosine_schedule``) and the optimiser is
 lightly's LARS stepped without host syncs (:mod:`.lars`; no weight decay or LARS scaling for norm
-layers and biases). Under DDP on GPUs
-the batch norms become SyncBatchNorm (BYOL's global batch statistics).
+layers and biases). Under DDP the batch norms take the global batch's statistics
+(``sync_batchnorm``; BYOL's and the paper's one-GPU statistics).
 
 Shapes: batch uint8 (B, 1, H, W) -> views (B, 1, crop, crop) -> features (B, F) -> projections
 (B, proj_dim).
@@ -56,7 +56,6 @@ class BYOLConfig(PretrainConfig):
     momentum_end: float = 1.0
     loss_scale: float = 4.0
     blur_p: tuple[float, ...] = (1.0, 0.1)
-    sync_batchnorm: bool = True
 
 
 class BYOL(MomentumModule):

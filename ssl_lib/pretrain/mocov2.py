@@ -10,10 +10,12 @@ exported query encoder is a stock torchvision ResNet state dict.
 
 The queue is our own ring buffer registered as *persistent* buffers (``queue``, ``queue_ptr``),
 so it is saved in checkpoints and restored on resume (lightly's memory bank is not persistent).
-Under DDP the keys of all ranks are gathered before they are enqueued (every rank holds the same
-global queue) and the key batch is shuffled across ranks before the key encoder (MoCo's
-shuffle-BN, used instead of SyncBatchNorm). Head from lightly (``MoCoProjectionHead``), momentum
-updates with lightly's ``update_momentum``.
+Under DDP the keys of all ranks are gathered before they are enqueued, in rank order, so every
+rank holds the same global queue (and DDP need not re-broadcast it, :mod:`.run`), and the batch
+norms take the global batch's statistics (``sync_batchnorm``, as the paper's single GPU with the
+authors' Bolts code, which shuffles only across GPUs). With ``sync_batchnorm=False`` the key batch
+is shuffled across ranks before the key encoder instead (MoCo's shuffle-BN). Head from lightly
+(``MoCoProjectionHead``), momentum updates with lightly's ``update_momentum``.
 
 Shapes: views (B, 1, crop, crop) -> q, k (B, proj_dim) L2-normalised; queue (K, proj_dim).
 """
@@ -31,6 +33,7 @@ from torch import nn
 
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
+from ..models.syncbn import SyncBatchNorm
 from .base import MethodSpec, MomentumModule, PretrainConfig, PretrainError, scaled_sigma
 
 
@@ -97,10 +100,18 @@ class MoCoV2(MomentumModule):
     def views(self, x, generator=None):
         return [t(x, generator) for t in self.view_transforms]
 
+    def on_fit_start(self) -> None:
+        # Lightning's strategy has converted the norms by now (sync_batchnorm under DDP)
+        synced = (SyncBatchNorm, nn.SyncBatchNorm)
+        self.shuffle_bn = not any(isinstance(m, synced) for m in self.backbone_momentum.modules())
+
+    #: shuffle the key batch across ranks (MoCo's shuffle-BN): only when the batch norms are per rank
+    shuffle_bn: bool = True
+
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Key embeddings (B, D) of views ``x`` (B, 3, h, w), shuffled across ranks under DDP."""
-        if _distributed():
+        """Key embeddings (B, D) of views ``x`` (B, 3, h, w), shuffled across ranks under DDP with per-rank BN."""
+        if _distributed() and self.shuffle_bn:
             x, unshuffle = batch_shuffle_distributed(x)
             k = self.projection_head_momentum(self.backbone_momentum(x))
             k = batch_unshuffle_distributed(k, unshuffle)

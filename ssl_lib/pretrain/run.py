@@ -14,14 +14,23 @@ writes, under ``out_dir``::
 are written and read by :mod:`.encoder_file` only.
 
 Multi-GPU / multi-node: ``devices`` x ``num_nodes`` > 1 selects Lightning DDP (``ddp``, or
-``ddp_notebook`` inside Jupyter). Each rank reads its own shard of the store (a
-``DistributedSampler`` seeded by ``seed``, also used for one process so that the epoch order is
-a function of ``(seed, epoch)``); the batch size is per rank. What must be global is made global:
-MoCo v2 gathers keys from all ranks before it enqueues them and shuffles the key batch across
-ranks (shuffle-BN, as MoCo does instead of SyncBatchNorm); SwAV's Sinkhorn sums over all ranks;
-BYOL and SwAV convert their batch norms to SyncBatchNorm on GPUs (``sync_batchnorm`` in their
-profiles; PyTorch has no SyncBatchNorm on CPU, so CPU DDP keeps per-rank BN); SparK's masked
-batch norm keeps per-rank statistics.
+``ddp_notebook`` inside Jupyter), and it trains the paper's recipe: Wolf et al. 2023 trained on
+one GPU, so one DDP step equals one step of one device with the whole batch (loss, gradients,
+batch-norm statistics, MoCo's queue; tests/test_pretrain_ddp.py checks it on 2 CPU ranks):
+
+- ``batch_size`` is the **global** batch (the paper's), split evenly over the ranks (refused if it
+  does not divide), with the learning rate unchanged; an epoch is ``slices // batch_size`` steps;
+- each rank reads its own shard of the store (a ``DistributedSampler`` seeded by ``seed``, also
+  used for one process so that the epoch order is a function of ``(seed, epoch)``);
+- every batch norm takes its statistics over the global batch (``sync_batchnorm``, on by default:
+  :class:`BatchNormSync` converts them to :class:`ssl_lib.models.syncbn.SyncBatchNorm`, which
+  runs on the CPU too and makes no host sync), SparK's masked batch norms over the visible
+  positions of all ranks (as official SparK's synced sparse norms);
+- MoCo v2 gathers the keys of all ranks and enqueues them on every rank, so the queue is the same
+  everywhere and is not re-broadcast (DDP's ``broadcast_buffers`` is off: every buffer is equal on
+  all ranks by construction, and the 32 MB queue would otherwise go over the wire every step);
+  with synced batch norms it needs no shuffle-BN (MoCo's multi-GPU substitute, still used with
+  ``sync_batchnorm=False``); SwAV's Sinkhorn sums over all ranks.
 
 GPU path (every profile, resolved per accelerator by :func:`resolve_device_options`): on CUDA
 bf16-mixed precision (Lightning AMP), channels-last weights and views, persistent loader
@@ -36,6 +45,7 @@ float32, contiguous, no workers, deterministic algorithms. Both flags are proces
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import resource
 import time
@@ -49,17 +59,22 @@ import torch
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.layer_sync import LayerSync
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..console import quiet_lightning
 from ..data.store import SliceStore
+from ..models.syncbn import convert_sync_batchnorm, revert_sync_batchnorm
 from ..precision import is_cuda, resolve_channels_last, resolve_precision
 from ..torch_flags import run_flags, torch_flags
 from .base import PretrainConfig, PretrainError, PretrainModule
 from .encoder_file import encoder_file, list_encoder_epochs, save_encoder, torch_save_atomic
 from .registry import get_config, method_class
 
-__all__ = ["AtomicCheckpointIO", "EncoderExport", "EpochCheckpoint", "MetricsLog", "PretrainResult", "StoreDataModule",
-           "count_parameters", "load_module", "pretrain", "resolve_device_options"]
+__all__ = ["AtomicCheckpointIO", "BatchNormSync", "EncoderExport", "EpochCheckpoint", "MetricsLog", "PretrainResult",
+           "StoreDataModule", "count_parameters", "load_module", "per_device_batch", "pretrain", "resolve_device_options"]
 
 
 # ==============================================================================================
@@ -67,6 +82,17 @@ __all__ = ["AtomicCheckpointIO", "EncoderExport", "EpochCheckpoint", "MetricsLog
 # ==============================================================================================
 def _whole_batch(batch):
     return batch
+
+
+class BatchNormSync(LayerSync):
+    """Lightning's ``sync_batchnorm`` with :class:`ssl_lib.models.syncbn.SyncBatchNorm`: the global
+    batch's statistics under DDP on any device (torch's runs on GPUs only and syncs the host)."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_sync_batchnorm(model)
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        return revert_sync_batchnorm(model)
 
 
 class StoreDataModule(pl.LightningDataModule):
@@ -78,7 +104,7 @@ class StoreDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, store: SliceStore, batch_size: int, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False):  # batch_size: per rank
         super().__init__()
         self.store, self.batch_size, self.seed, self.num_workers = store, int(batch_size), int(seed), int(num_workers)
         self.pin_memory = bool(pin_memory)
@@ -259,14 +285,35 @@ def _peak_memory_mb(device: torch.device | None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak RSS)
 
 
-def _strategy(world: int, strategy: str | None) -> str:
-    if strategy is not None:
-        return strategy
-    if world <= 1:
-        return "auto"
-    from lightning.fabric.utilities.imports import _IS_INTERACTIVE
+#: Lightning's DDP strategy names and their start methods.
+_DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+#: DDP without a broadcast of rank 0's buffers before every forward (torch >= 2.14 names it
+#: ``forward_sync_buffers``; ``broadcast_buffers`` before, deprecated since)
+_NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
+                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                        else {"broadcast_buffers": False})
 
-    return "ddp_notebook" if _IS_INTERACTIVE else "ddp"
+
+def _strategy(world: int, strategy):
+    """The Lightning strategy: ``auto`` for one device, else DDP without buffer broadcasts (see the
+    module docstring); a named DDP strategy becomes that, any other strategy is used as given."""
+    if world <= 1:
+        return strategy if strategy is not None else "auto"
+    if strategy is None:
+        from lightning.fabric.utilities.imports import _IS_INTERACTIVE
+
+        strategy = "ddp_notebook" if _IS_INTERACTIVE else "ddp"
+    if isinstance(strategy, str) and strategy in _DDP_START:
+        return DDPStrategy(start_method=_DDP_START[strategy], **_NO_BUFFER_BROADCAST)
+    return strategy
+
+
+def per_device_batch(batch_size: int, world: int) -> int:
+    """The per-rank share of the global ``batch_size`` over ``world`` ranks (it must divide evenly)."""
+    if batch_size % world:
+        raise PretrainError(f"batch_size {batch_size} is the global batch (as the paper's, on one GPU) and must "
+                            f"split evenly over {world} devices; choose a multiple of {world}")
+    return batch_size // world
 
 
 def resolve_device_options(cfg: PretrainConfig, accelerator: str = "auto", devices: int = 1) -> PretrainConfig:
@@ -310,7 +357,8 @@ def pretrain(
     """Pre-train ``method`` on all slices of ``store`` and write checkpoints/encoders/metrics to ``out_dir``.
 
     ``epochs``/``batch_size``/``every_n_epochs`` and any config field in ``overrides`` replace the
-    profile's values (``batch_size`` is per device). ``max_steps`` stops early without changing
+    profile's values (``batch_size`` is the global batch of all devices together, split evenly over
+    them; see the module docstring). ``max_steps`` stops early without changing
     the planned schedule (for tests and benchmarks). ``resume``: continue from
     ``out_dir/checkpoints/last.ckpt`` if present, else start fresh (with ``resume=False`` an
     existing run folder is an error). ``devices x num_nodes > 1`` runs DDP.
@@ -331,10 +379,11 @@ def pretrain(
         raise PretrainError(f"{out_dir}: a pre-training run is already here; pass resume=True to continue it "
                             "or choose another out_dir")
     world = int(devices) * int(num_nodes)
-    steps_per_epoch = len(store) // (cfg.batch_size * world)
+    local_batch = per_device_batch(cfg.batch_size, world)
+    steps_per_epoch = len(store) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise PretrainError(f"{store.path}: {len(store)} slices are fewer than one batch of "
-                            f"{cfg.batch_size} x {world} device(s); lower batch_size")
+        raise PretrainError(f"{store.path}: {len(store)} slices are fewer than one batch of {cfg.batch_size}; "
+                            "lower batch_size")
     total_steps = steps_per_epoch * cfg.epochs
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -345,7 +394,7 @@ def pretrain(
     counts = count_parameters(module)
     use_gpu = is_cuda(accelerator)
     module.use_device_options(cuda=use_gpu)
-    data = StoreDataModule(store, cfg.batch_size, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+    data = StoreDataModule(store, local_batch, seed=seed, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
     quiet_lightning()  # no GPU/TPU/tip/"fit stopped" chatter on the notebook pages (ssl_lib.console)
     flags = run_flags("cuda" if use_gpu else "cpu")  # CPU: deterministic; CUDA: cuDNN autotuning (fixed shapes)
     with torch_flags(**flags):  # the Trainer sets them process-wide; restored when the run ends
@@ -353,11 +402,10 @@ def pretrain(
             accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=_strategy(world, strategy),
             precision=cfg.precision,
             max_epochs=cfg.epochs, max_steps=-1 if max_steps is None else int(max_steps),
-            sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and use_gpu),
             use_distributed_sampler=False, logger=False, enable_model_summary=False,
             enable_progress_bar=progress, **flags,
             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *([BatchNormSync()] if cfg.sync_batchnorm and world > 1 else [])],
             callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
                        EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
         )

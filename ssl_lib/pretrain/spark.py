@@ -8,7 +8,9 @@ code): LAMB (timm) with the global gradient norm clipped at ``grad_clip``, the l
 :func:`spark_lr_factor` (linear warm-up from ``lr_start`` x peak, cosine to ``lr_end`` x peak),
 the weight decay of :func:`cosine_between` (``weight_decay`` -> ``weight_decay_end``), set per
 step on every group by :class:`SparKSchedule`, and no weight decay for 1-d parameters, biases and
-mask tokens (:meth:`SparKModule.param_groups`).
+mask tokens (:meth:`SparKModule.param_groups`). Under DDP every batch norm, the masked ones
+included, takes the statistics of all ranks (``sync_batchnorm``, as official SparK's synced
+decoder and sparse norms).
 
 Input size: SparK pre-trains on its input size, so the crop is the input. The paper profile
 crops and resizes to 512 px (Table 7: input 512, patch 32, mask ratio 60 %, batch 32, peak lr
@@ -161,9 +163,13 @@ class SparKModule(PretrainModule):
     def views(self, x, generator=None):
         return [self.view_transform(x, generator)]
 
+    def draw_mask(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The patch mask (B, 1, h, w) of views ``v`` (B, 1, H, W): exactly ``num_visible`` visible per view."""
+        return self.spark.random_mask(v.shape[0], device=v.device, generator=generator)
+
     def step_loss(self, x, generator=None):
         (v,) = self.views(x, generator)
-        mask = self.spark.random_mask(v.shape[0], device=v.device, generator=generator)
+        mask = self.draw_mask(v, generator)
         return self.spark(self.rgb(v), mask, generator, visible_per_sample=self.spark.num_visible)["loss"]
 
     @torch.no_grad()

@@ -18,8 +18,8 @@ a bias), frozen as in the SwAV reference code by dropping their gradients for th
 allow mid-run), and re-normalised to the unit sphere before every step. LARS adapts and decays
 every parameter (``exclude_norm_bias = False``, as SwAV's LARC and the authors' Bolts default);
 ``True`` keeps norms and biases out (the quick profile). Under DDP
-the Sinkhorn sums run over all ranks (``sinkhorn_gather_distributed``) and, on GPUs, the batch
-norms become SyncBatchNorm. No feature queue (the paper's table lists none).
+the Sinkhorn sums run over all ranks (``sinkhorn_gather_distributed``) and the batch norms take
+the global batch's statistics (``sync_batchnorm``). No feature queue (the paper's table lists none).
 
 Shapes: large crops (B, 1, crop, crop) x 2, small crops (B, 1, small, small) x n_small ->
 prototype scores (B, n_prototypes) per crop.
@@ -69,7 +69,6 @@ class SwAVConfig(PretrainConfig):
     n_small: int = 6
     small_size: int = 96
     small_scale: tuple[float, float] = (0.1, 0.33)
-    sync_batchnorm: bool = True
     exclude_norm_bias: bool = False
 
     def crop_sizes(self) -> dict[str, int]:
@@ -125,7 +124,8 @@ class SwAV(PretrainModule):
         """Crops of one size, batched through the network together -> prototype scores per crop."""
         feats = self.projection_head(self.backbone(self.rgb(torch.cat(crops))))
         scores = self.prototypes(F.normalize(feats, dim=1))
-        return list(scores.float().chunk(len(crops)))  # Sinkhorn (exp of scores / 0.05) in float32 under AMP
+        # Sinkhorn (exp of scores / 0.05) in float32 at least (under AMP), float64 stays float64
+        return list(scores.to(torch.promote_types(scores.dtype, torch.float32)).chunk(len(crops)))
 
     def step_loss(self, x, generator=None):
         self.normalize_prototypes()
@@ -149,11 +149,11 @@ PROFILES = {
     "quick": SwAVConfig(arch="resnet18", store_size=64, epochs=6, batch_size=32, every_n_epochs=3,
                         lr=0.3, warmup_epochs=1, crop_size=64, small_size=40, n_small=4,
                         blur_sigma=scaled_sigma(64), proj_hidden=512, n_prototypes=100,
-                        frozen_prototype_steps=20, sync_batchnorm=False, exclude_norm_bias=True),
+                        frozen_prototype_steps=20, exclude_norm_bias=True),
     "smoke": SwAVConfig(arch="resnet18", store_size=32, epochs=2, batch_size=8, every_n_epochs=1,
                         lr=0.3, warmup_epochs=0, crop_size=48, small_size=40, n_small=2,
                         blur_sigma=scaled_sigma(48), proj_hidden=256, proj_dim=64, n_prototypes=16,
-                        frozen_prototype_steps=4, sync_batchnorm=False, exclude_norm_bias=True),
+                        frozen_prototype_steps=4, exclude_norm_bias=True),
 }
 
 SUMMARY = (

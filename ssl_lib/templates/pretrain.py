@@ -25,7 +25,7 @@ profile = "quick"
 output_dir = "outputs/quick"
 store = None  # default: <output_dir>/stores/lidc
 epochs = None  # None: the profile's
-batch_size = None  # per device
+batch_size = None  # the global batch, split over the devices (None: the profile's)
 devices = 1
 seed = 0  # the study's seed (also the synthetic data's, notebook 01)
 """
