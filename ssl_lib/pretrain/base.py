@@ -370,7 +370,7 @@ class MomentumModule(PretrainModule):
 
     def compile_targets(self) -> list[nn.Module]:
         """The online modules and their momentum copies (the key/target networks run every step too)."""
-        return super().compile_targets() + [copy for _, copy in self.momentum_pairs()]
+        return super().compile_targets() + [target for _, target in self.momentum_pairs()]
 
     def update_momentum_copies(self) -> float:
         """One EMA step of every copy towards its online module; returns the ``m`` used."""
