@@ -195,7 +195,9 @@ def test_previews(store, runs, monkeypatch):
 def test_run_size_sits_beside_the_papers_table1_without_raw_dtypes():
     from types import SimpleNamespace
 
-    from ssl_lib.pretrain.present import run_size
+    from ssl_lib import pretrain as pt
+
+    run_size = pt.run_size  # as the pre-training pages call it
 
     result = SimpleNamespace(trainable_params=11_357_888, peak_memory_mb=1155.06, wall_time_s=15.7, epochs_done=2,
                              global_step=8)
