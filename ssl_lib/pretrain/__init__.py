@@ -26,7 +26,8 @@ _EXPORTS = {
     "PretrainResult": "run", "count_parameters": "run", "load_module": "run", "pretrain": "run",
     "resolve_device_options": "run",
     "load_encoder": "encoder_file", "save_encoder": "encoder_file",
-    "param_table": "present", "run_size": "present", "plot_views": "present", "preview": "present", "view_browser": "present",
+    "param_table": "present", "run_size": "present", "plot_views": "present", "preview": "present",
+    "view_browser": "present",
 }
 _COMPUTED = ("METHODS", "PROFILES", "CONFIG_CLASSES", "export_encoder")
 
