@@ -1,4 +1,4 @@
-"""The host-sync counter (ssl_lib.syncs) and the sync-free LARS (ssl_lib.pretrain.lars).
+"""The host-sync counter (ssl_lib.syncs) and the sync-free LARS (ssl_lib.lars).
 
 The training steps themselves are counted in tests/test_gpu_path.py (every method, bf16-mixed).
 """
@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightly.utils.lars import LARS as LightlyLARS
 
-from ssl_lib.pretrain.lars import LARS
+from ssl_lib.lars import LARS
 from ssl_lib import syncs
 from ssl_lib.syncs import HOST_SCALAR, count_syncs, optimizer_host_scalars
 

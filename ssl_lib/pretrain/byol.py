@@ -12,8 +12,8 @@ exported online encoder is a stock torchvision ResNet state dict.
 
 Heads and loss come from lightly (``BYOLProjectionHead``, ``BYOLPredictionHead``,
 ``NegativeCosineSimilarity``, ``update_momentum``, ``cosine_schedule``) and the optimiser is
-lightly's LARS stepped without host syncs (:mod:`.lars`; no weight decay or LARS scaling for norm
-layers and biases). Under DDP the batch norms take the global batch's statistics
+lightly's LARS stepped without host syncs (:mod:`ssl_lib.lars`; no weight decay or LARS scaling
+for norm layers and biases). Under DDP the batch norms take the global batch's statistics
 (``sync_batchnorm``; BYOL's and the paper's one-GPU statistics).
 
 Shapes: batch uint8 (B, 1, H, W) -> views (B, 1, crop, crop) -> features (B, F) -> projections
@@ -33,7 +33,7 @@ from torch import nn
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
 from .base import MethodSpec, MomentumModule, PretrainConfig, scaled_sigma
-from .lars import LARS
+from ..lars import LARS
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ CT slices are grey: the normalised slice is repeated to 3 channels (as the paper
 exported encoder is a stock torchvision ResNet state dict.
 
 Projection head and loss from lightly (``SwaVProjectionHead``, ``SwaVLoss``); LARS is lightly's, stepped
-without host syncs (:mod:`.lars`).
+without host syncs (:mod:`ssl_lib.lars`).
 The prototypes are a bias-free linear layer as in SwAV's code (lightly's ``SwaVPrototypes`` has
 a bias), frozen as in the SwAV reference code by dropping their gradients for the first
 ``frozen_prototype_steps`` steps (rather than a ``requires_grad`` toggle, which DDP does not
@@ -38,7 +38,7 @@ from torch import nn
 from ..augment import ViewTransform
 from ..models.backbone import build_backbone, num_features
 from .base import MethodSpec, PretrainConfig, PretrainModule, scaled_sigma
-from .lars import LARS
+from ..lars import LARS
 
 
 @dataclass(frozen=True)
