@@ -137,8 +137,8 @@ def plot_localisation(table: pd.DataFrame, region: str | None = None):
     regions = list(dict.fromkeys(t["region"]))
     explainers = list(dict.fromkeys(t["explainer"]))
     names = {"lesion": "inside the lesion", "lung": "inside the lung"}
-    fig, axes = plt.subplots(len(regions), 2, figsize=(max(8.2, 1.1 * t["method"].nunique() * 2), 3.2 * len(regions)),
-                             squeeze=False)
+    # the text column's width, so the page never shows it scaled down
+    fig, axes = plt.subplots(len(regions), 2, figsize=(8.2, 3.2 * len(regions)), squeeze=False)
     colors = plt.get_cmap("tab10")
     for r, reg in enumerate(regions):
         for c, (metric, title) in enumerate((("energy", "energy share"), ("pointing", "pointing-game hit rate"))):
@@ -219,6 +219,7 @@ def plot_explainers(heat: HeatMaps, i: int | None = None, *, inits: Sequence[str
         with_lesion = [k for k in cand if heat.masks is not None and heat.masks[k].any()]
         i = (with_lesion or cand)[0]
     inits = heat.inits if inits is None else list(inits)
+    panel_size = min(panel_size, 8.2 / (1 + len(inits)))  # at most the text column wide
     fig, axes = plt.subplots(len(names), 1 + len(inits), figsize=(panel_size * (1 + len(inits)),
                                                                    panel_size * len(names) + 0.5), squeeze=False)
     for r, e in enumerate(names):

@@ -302,8 +302,8 @@ This notebook computes the heat maps at the last ResNet stage (`layer4`; the qui
 profile = "quick"  # smoke | quick | paper
 output_dir = "outputs/quick"
 task = ""  # the task to explain; empty: the study's first (COVID-19 unless tasks say otherwise)
-fraction = 1.0  # which fine-tuned models: fraction of the training set ...
-run_seed = 0  # ... and fine-tuning seed (the grid keeps the models of its first seed; `seed` is the study's)
+fraction = 1.0  # which fine-tuned models: fraction of the training set (with run_seed)
+run_seed = 0  # and their fine-tuning seed (the grid keeps the models of its first seed; `seed` is the study's)
 fold = -1  # cross-validated tasks (brain): the fold of that model
 n_examples = 2  # example images per class in the Figure 4 layout
 lung = "auto"  # score the maps inside the lung: "auto" (the COVID-19 chest task), True or False
