@@ -422,8 +422,8 @@ Whether a difference holds is decided in the next section.
 Every pair of initialisations is compared per task, training fraction and metric by a two-level
 paired test: the mean difference over the paired runs (the same seeds, or cross-validation folds,
 for both) is divided by a standard error that adds how much the difference moves from run to run
-and how much of it the test slices alone could explain (a paired bootstrap over the slices), so
-that a verdict is meant to hold for new runs and for new patients alike. The p-values are
+and the test-slice noise the runs share (from a paired bootstrap over the slices), so that a
+verdict is meant to hold for new runs and for new patients alike. The p-values are
 Holm-corrected over all pairs of initialisations within one task, training fraction and metric,
 and a difference *holds* when the corrected p is below alpha.
 
