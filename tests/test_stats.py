@@ -214,6 +214,9 @@ def test_power_table_at_the_study_size():
     assert t["+0.20 AUC"].min() > 0.5
     with pytest.raises(ValueError, match=">= 2 paired runs"):
         stats.power_table(1, 100)
+    # a larger test set than max_cases is simulated at max_cases: the same table as at that size
+    small = stats.power_table(2, 60, effects=(0.1,), reps=10, n_boot=30)
+    assert stats.power_table(2, 5000, effects=(0.1,), reps=10, n_boot=30, max_cases=60).equals(small)
 
 
 def test_compare_inits_on_a_case_level_null_study(tmp_path):

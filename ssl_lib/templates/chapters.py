@@ -459,7 +459,8 @@ if tested.empty:
 else:
     n_runs, n_cases = int(tested["n_runs"].min()), int(tested["n_cases"].median())
     n_pairs = int(tested.groupby(list(stats.FAMILY)).size().max())
-    print(f"{n_runs} paired runs, {n_cases} test slices per run, up to {n_pairs} pairs per Holm family")
+    simulated = "" if n_cases <= stats.POWER_MAX_CASES else f" (simulated with {stats.POWER_MAX_CASES}: a lower bound)"
+    print(f"{n_runs} paired runs, {n_cases} test slices per run{simulated}, up to {n_pairs} pairs per Holm family")
     display(stats.power_table(n_runs, n_cases, n_pairs=n_pairs).apply(lambda c: c.map("{:.0%}".format)))
 """, 'cell-power'),
     ]
