@@ -8,8 +8,11 @@ and :func:`~ssl_lib.stats.decide`) under each rule of :data:`ssl_lib.stats.RULES
 * false-positive rate (a verdict either way when the inits are equally good) under (a) ``runs``:
   runs vary (run SD 0.03 of the run's quality), each run errs on other cases; (b) ``cases``: runs
   nearly identical (run SD 0.002, as cached frozen features give) and each init errs on its own
-  fixed cases; (c) ``both``; and ``cv``: (a) with each run on its own test set (cross-validation);
-* power (a verdict that the better init is better) at AUC gains ``--effects`` under (a), (b), (c).
+  fixed cases; (c) ``both``; ``cv``: (a) with each run on its own test set (cross-validation);
+  and two checks of robustness: ``a+``, (a) with run SD 0.06 (run noise dominates more), and
+  ``c+``, (c) with run SD 0.045 (run noise and shared case noise about equal);
+* power (a verdict that the better init is better) at AUC gains ``--effects`` under (a), (b), (c)
+  and ``cv``.
 
 Rates are at alpha 0.05 for one comparison (no Holm: one pair). Prints the table and writes it in
 long form as CSV to ``--out``.
@@ -31,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssl_lib import stats  # noqa: E402
 
 NULLS = {"a": {"scenario": "runs"}, "b": {"scenario": "cases"}, "c": {"scenario": "both"},
+         "cv": {"scenario": "runs", "folds": True},
+         "a+": {"scenario": "runs", "run_sd": 0.06},    # run noise dominates more
+         "c+": {"scenario": "both", "run_sd": 0.045}}  # run and shared case noise about equal
+POWER = {"a": {"scenario": "runs"}, "b": {"scenario": "cases"}, "c": {"scenario": "both"},
          "cv": {"scenario": "runs", "folds": True}}
-POWER = {"a": "runs", "b": "cases", "c": "both"}
 
 
 def measure(reps: int, n_boot: int, runs: list[int], n_cases: int, effects: list[float], seed: int) -> pd.DataFrame:
@@ -40,7 +46,8 @@ def measure(reps: int, n_boot: int, runs: list[int], n_cases: int, effects: list
     rows = []
     for r in runs:
         jobs = [("fpr", k, 0.0, kw) for k, kw in NULLS.items()]
-        jobs += [("power", k, e, {"scenario": s}) for e in effects for k, s in POWER.items()]
+        jobs += [("power", k, e, kw) for e in effects for k, kw in POWER.items() if k != "cv"]
+        jobs += [("power", "cv", e, POWER["cv"]) for e in effects]  # last: the other cells keep their seeds
         for j, (what, key, effect, kw) in enumerate(jobs):
             t0 = time.time()
             rates = stats.simulate_error_rates(effect, rules=stats.RULES, n_runs=r, n_cases=n_cases, reps=reps,
@@ -82,7 +89,8 @@ def main(argv=None) -> pd.DataFrame:
         long.to_csv(args.out, index=False)
     table = wide(long)
     print(f"{args.reps} simulated studies per cell, {args.n_cases} test cases, {args.n_boot} bootstrap resamples, "
-          "alpha 0.05; FPR under (a) run noise, (b) case noise, (c) both, cv = (a) with a test set per run; "
+          "alpha 0.05; FPR under (a) run noise, (b) case noise, (c) both, cv = (a) with a test set per run, "
+          "a+ = (a) with run SD 0.06, c+ = (c) with run SD 0.045; "
           "power = share of studies declaring the better init better")
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.float_format", "{:.3f}".format):
         for metric in ("auc", "f1"):

@@ -371,7 +371,7 @@ def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.
 
 
 def claims(comparisons: pd.DataFrame) -> list[str]:
-    """One sentence per difference that holds (Holm-adjusted two-level test over runs and test cases), nothing else."""
+    """One sentence per difference that holds (Holm-adjusted two-level test over runs and test cases), no other."""
     if comparisons.empty:
         return []
     out = []

@@ -11,8 +11,8 @@ def test_verdict_benchmark_runs_at_tiny_size(tmp_path, capsys):
     long = load_benchmark("verdict_error_rates").main(["--reps", "3", "--n-boot", "20", "--runs", "2", "--n-cases",
                                                        "40", "--effects", "0.1", "--out", str(out)])
     saved = pd.read_csv(out)
-    assert len(saved) == len(long) == len(stats.RULES) * (4 + 3) * 2  # rules x (4 nulls + 3 powers) x metrics
+    assert len(saved) == len(long) == len(stats.RULES) * (6 + 4) * 2  # rules x (6 nulls + 4 powers) x metrics
     assert set(saved["rule"]) == set(stats.RULES) and saved["rate"].between(0, 1).all()
-    assert set(saved.loc[saved["what"] == "fpr", "scenario"]) == {"a", "b", "c", "cv"}
+    assert set(saved.loc[saved["what"] == "fpr", "scenario"]) == {"a", "b", "c", "cv", "a+", "c+"}
     printed = capsys.readouterr().out
-    assert "FPR (b)" in printed and "power (c) +0.10" in printed and "two-level" in printed and "run t-test" in printed
+    assert "FPR (b)" in printed and "power (cv) +0.10" in printed and "two-level" in printed and "run t-test" in printed

@@ -171,9 +171,9 @@ def test_verdicts_hold_their_error_rate_under_run_and_case_noise(scenario):
     identical (run SD 0.002) and each init errs on its own cases in every run (issue 22: the
     run-level t-test alone fired in ~98 % of such studies); (c) both.
     """
-    rates = stats.simulate_error_rates(0.0, scenario=scenario, rules=("two-level", "run t-test"), n_runs=5,
+    rates = stats.simulate_error_rates(0.0, scenario=scenario, rules=(stats.RULE, "run t-test"), n_runs=5,
                                        n_cases=200, reps=200, n_boot=200, seed=11)
-    new, old = rates.loc["two-level"], rates.loc["run t-test"]
+    new, old = rates.loc[stats.RULE], rates.loc["run t-test"]
     assert new["auc"] <= 0.07 and new["f1"] <= 0.07
     assert new["auc"] + new["f1"] > 0  # a test, not a rule that never fires
     if scenario == "cases":  # the failure of issue 22: the old rule declares winners among equals
@@ -201,7 +201,7 @@ def test_simulated_case_noise_is_fixed_per_init_and_runs_nearly_identical():
 def test_a_clear_gain_is_found_with_five_runs():
     """AUC +0.10 on 0.8, 200 cases, 5 runs: found (with the right sign) in most studies, also when both noises act."""
     power = stats.simulate_error_rates(0.10, scenario="both", metrics=("auc",), n_runs=5, reps=200, n_boot=200,
-                                       seed=12).loc["two-level"]
+                                       seed=12).loc[stats.RULE]
     assert power["auc"] >= 0.5
 
 
@@ -214,6 +214,9 @@ def test_power_table_at_the_study_size():
     assert t["+0.20 AUC"].min() > 0.5
     with pytest.raises(ValueError, match=">= 2 paired runs"):
         stats.power_table(1, 100)
+    # a larger test set than max_cases is simulated at max_cases: the same table as at that size
+    small = stats.power_table(2, 60, effects=(0.1,), reps=10, n_boot=30)
+    assert stats.power_table(2, 5000, effects=(0.1,), reps=10, n_boot=30, max_cases=60).equals(small)
 
 
 def test_compare_inits_on_a_case_level_null_study(tmp_path):

@@ -469,8 +469,8 @@ Whether a difference holds is decided in the next section.
 Every pair of initialisations is compared per task, training fraction and metric by a two-level
 paired test: the mean difference over the paired runs (the same seeds, or cross-validation folds,
 for both) is divided by a standard error that adds how much the difference moves from run to run
-and how much of it the test slices alone could explain (a paired bootstrap over the slices), so
-that a verdict is meant to hold for new runs and for new patients alike. The p-values are
+and the test-slice noise the runs share (from a paired bootstrap over the slices), so that a
+verdict is meant to hold for new runs and for new patients alike. The p-values are
 Holm-corrected over all pairs of initialisations within one task, training fraction and metric,
 and a difference *holds* when the corrected p is below alpha.
 
@@ -506,7 +506,8 @@ if tested.empty:
 else:
     n_runs, n_cases = int(tested["n_runs"].min()), int(tested["n_cases"].median())
     n_pairs = int(tested.groupby(list(stats.FAMILY)).size().max())
-    print(f"{n_runs} paired runs, {n_cases} test slices per run, up to {n_pairs} pairs per Holm family")
+    simulated = "" if n_cases <= stats.POWER_MAX_CASES else f" (simulated with {stats.POWER_MAX_CASES}: a lower bound)"
+    print(f"{n_runs} paired runs, {n_cases} test slices per run{simulated}, up to {n_pairs} pairs per Holm family")
     display(stats.power_table(n_runs, n_cases, n_pairs=n_pairs).apply(lambda c: c.map("{:.0%}".format)))
 """, 'cell-power'),
     ]
