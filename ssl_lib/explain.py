@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +366,13 @@ def study_inits(output_dir: str | os.PathLike, task: str, fraction: float = 1.0,
 def cache_path(output_dir: str | os.PathLike, task: str, fraction: float = 1.0, seed: int = 0, fold: int = -1) -> Path:
     """The heat-map cache of the models of (task, fraction, seed[, fold]): ``gradcam/<task>_<run name>.npz``."""
     return StudyPaths(output_dir).gradcam / f"{task}_{runs.run_name(fraction, seed, fold)}.npz"
+
+
+def explained_tasks(output_dir: str | os.PathLike) -> list[str]:
+    """The tasks whose heat maps a study has computed (from the names of :func:`cache_path`'s tables)."""
+    pattern = re.compile(r"^(?P<task>.+)_f[0-9.]+_s\d+(?:_k\d+)?_correlation\.csv$")
+    found = (pattern.match(p.name) for p in sorted(StudyPaths(output_dir).gradcam.glob("*_correlation.csv")))
+    return list(dict.fromkeys(m.group("task") for m in found if m))
 
 
 def select_indices(store: SliceStore, split: str = "test", max_images: int | None = None, seed: int = 0,

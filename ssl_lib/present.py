@@ -31,11 +31,14 @@ SOURCE_NAMES = {"lidc": "LIDC-IDRI (pre-training)", "covid": "COVID-19 CT", "org
 
 
 # ----------------------------------------------------------------------------- synthetic data
-def synthetic_sources(output_dir: str | os.PathLike) -> list[str]:
-    """Names of the study's stores built from the synthetic data set (``meta["synthetic"]``), in a fixed order."""
+def synthetic_sources(output_dir: str | os.PathLike, shown: Sequence[str] | None = None) -> list[str]:
+    """Names of the study's stores built from the synthetic data set (``meta["synthetic"]``), in a
+    fixed order; only those among ``shown`` (the stores a page shows numbers of) where given."""
     root = StudyPaths(output_dir).root / "stores"
     names = []
     for meta_file in sorted(root.glob("*/meta.json")):
+        if shown is not None and meta_file.parent.name not in shown:
+            continue
         try:
             meta = json.loads(meta_file.read_text())
         except (OSError, ValueError) as err:
@@ -60,9 +63,10 @@ def whole_tables() -> None:
     pd.set_option("display.width", None)
 
 
-def synthetic_notice(output_dir: str | os.PathLike) -> str:
-    """A MyST warning block naming the synthetic sources ('' when every source was real data)."""
-    names = synthetic_sources(output_dir)
+def synthetic_notice(output_dir: str | os.PathLike, shown: Sequence[str] | None = None) -> str:
+    """A MyST warning block naming the synthetic sources among ``shown`` (the stores a page shows
+    numbers of; ``None``: all of the study's), '' when every one of them was real data."""
+    names = synthetic_sources(output_dir, shown)
     if not names:
         return ""
     listed = ", ".join(SOURCE_NAMES.get(n, n) for n in names)
@@ -91,7 +95,7 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from .report import INIT_ORDER, TASK_LABELS
+    from .report import INIT_ORDER, task_namer, task_rank
 
     need = {"task", "fraction", "metric", "init_a", "init_b", "diff", "holds"}
     missing = need - set(comparisons.columns)
@@ -111,8 +115,8 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 
         ax.axis("off")
         return fig
     c["fraction"] = c["fraction"].astype(float)
-    order = {t: i for i, t in enumerate(TASK_LABELS)}
-    cols = sorted({(t, f) for t, f in zip(c["task"], c["fraction"])}, key=lambda k: (order.get(k[0], 99), k[0], -k[1]))
+    name = task_namer(c)
+    cols = sorted({(t, f) for t, f in zip(c["task"], c["fraction"])}, key=lambda k: (task_rank(k[0]), -k[1]))
     pairs = sorted({(a, b) for a, b in zip(c["init_a"], c["init_b"])},
                    key=lambda p: (rank.get(p[0], 99), rank.get(p[1], 99), p))
     metrics = list(dict.fromkeys(c["metric"]))
@@ -149,7 +153,7 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 
         starts = [k for k in range(len(cols)) if k == 0 or cols[k][0] != cols[k - 1][0]]
         for s_i, s in enumerate(starts):
             end = (starts[s_i + 1] if s_i + 1 < len(starts) else len(cols)) - 1
-            ax.text((s + end) / 2, -0.6, TASK_LABELS.get(cols[s][0], cols[s][0]), ha="center", va="bottom",
+            ax.text((s + end) / 2, -0.6, name(cols[s][0]), ha="center", va="bottom",
                     fontsize=9, fontweight="bold")
             if s:
                 ax.axvline(s - 0.5, color="black", linewidth=1.2)
@@ -187,11 +191,12 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
     frame viewer in the book: :func:`ssl_lib.viewer.browser`)."""
     import matplotlib.pyplot as plt
 
-    from .report import INIT_LABELS, TASK_LABELS, _order_inits, summary
+    from .report import INIT_LABELS, _order_inits, fraction_axis, summary, task_namer, task_rank
     from .viewer import browser
 
     s = summary(results, metrics)
-    tasks = [t for t in TASK_LABELS if t in set(s["task"])] + sorted(set(s["task"]) - set(TASK_LABELS))
+    name = task_namer(results)
+    tasks = sorted(set(s["task"]), key=task_rank)
     if not tasks:
         from IPython.display import Markdown
 
@@ -205,15 +210,14 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
             if len(d):
                 ax.errorbar(d["fraction"] * 100, d["mean"], yerr=d["std"].fillna(0), marker="o", capsize=3,
                             label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
-        ax.set(title=f"{TASK_LABELS.get(tasks[t], tasks[t])}: {metrics[m].upper()} (mean ± std over runs)",
-               xlabel="training data (%)", ylabel=metrics[m].upper())
-        ax.invert_xaxis()
+        ax.set(title=f"{name(tasks[t])}: {metrics[m].upper()} (mean ± SD over runs)", ylabel=metrics[m].upper())
+        fraction_axis(ax, results, tasks[t])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         return fig
 
-    return browser(render, [("task", [TASK_LABELS.get(t, t) for t in tasks]),
+    return browser(render, [("task", [name(t) for t in tasks]),
                             ("metric", [m.upper() for m in metrics])], slider=[False, False])
 
 

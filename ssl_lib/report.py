@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,32 @@ def synthetic_tasks(output_dir_or_results) -> list[str]:
     return [TASK_LABELS.get(t, t) for t in dict.fromkeys(synthetic["task"])]
 
 
+#: What follows a task's name wherever its numbers came from the synthetic data set.
+SYNTHETIC_TAG = " (synthetic)"
+
+
+def synthetic_task_keys(frame: pd.DataFrame | None) -> set[str]:
+    """The tasks (keys) whose rows in ``frame`` (results, a summary or comparisons: any table
+    with ``task`` and ``synthetic`` columns) came from a synthetic store."""
+    if frame is None or len(frame) == 0 or "synthetic" not in frame or "task" not in frame:
+        return set()
+    return set(frame.loc[frame["synthetic"].astype(str).str.lower().eq("true"), "task"])
+
+
+def task_namer(frame: pd.DataFrame | None) -> Callable[[str], str]:
+    """How ``frame``'s tasks are named on a page: the paper's name (a user task's own), followed
+    by :data:`SYNTHETIC_TAG` for a task whose rows are synthetic, so that a synthetic task is
+    tagged in every table row, figure title and claim sentence, and a real one never is."""
+    synthetic = synthetic_task_keys(frame)
+    return lambda task: TASK_LABELS.get(task, task) + (SYNTHETIC_TAG if task in synthetic else "")
+
+
+def task_rank(task: str) -> tuple:
+    """Sort key of a task: the paper's tasks in the paper's order, then the others by name."""
+    order = list(TASK_LABELS)
+    return (order.index(task), "") if task in order else (len(order), task)
+
+
 #: Where a reader learns to run the study on real data (relative to a notebook page of the book).
 REAL_DATA_PAGE = "../book/real_data.html"
 
@@ -127,15 +153,99 @@ def synthetic_banner(output_dir_or_results) -> str:
             f'<a href="{REAL_DATA_PAGE}">Run it on real data</a>.</div>')
 
 
+# ----------------------------------------------------------------------------- Table 1
+#: The paper's Table 1, fine-tuning part (ResNet50 + one linear layer, one RTX 3090, until the
+#: best epoch) - THE PAPER'S PUBLISHED NUMBERS; its pre-training part is each method's
+#: ``paper`` entry in the registry (:mod:`ssl_lib.pretrain`).
+PAPER_TABLE1_FINETUNE = {"covid": (23.5, 14.4, 6 * 60), "organs": (23.5, 14.4, 30 * 60), "brain": (23.5, 14.4, 2 * 60)}
+TABLE1_ROWS = ("parameters (M)", "peak memory (GB)", "training time")
+
+
+def _duration(seconds: float) -> str:
+    """A training time as the paper writes it ("10 d 12 h", "6 min"), seconds below a minute."""
+    if pd.isna(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    days, hours = divmod(seconds / 3600, 24)
+    return f"{days:.0f} d {hours:.0f} h" if days >= 1 else f"{hours:.1f} h"
+
+
+def _finetune_params(arch: str, n_classes: int) -> int:
+    """Trainable parameters of fine-tuning: the encoder (no fc) plus one linear layer."""
+    from .models.backbone import build_backbone, num_features
+
+    encoder = sum(p.numel() for p in build_backbone(arch).parameters())  # its fc is an identity
+    return encoder + num_features(arch) * n_classes + n_classes
+
+
+def table1(output_dir: str | os.PathLike, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's Table 1 as one table: the cost of each pre-training and of fine-tuning per task,
+    this study's beside the paper's.
+
+    Columns: ("pre-training", method) for every method whose run wrote ``size.json``
+    (:func:`ssl_lib.pretrain.run.write_size`) and ("fine-tuning", task) for every task of
+    ``results``; rows (quantity, "this study" | "paper"). Pre-training time is the sum of its
+    epochs; fine-tuning time the mean over the runs on all training data (the paper: until the
+    best epoch); peak memory is GPU memory on a GPU and the process's peak resident memory on a
+    CPU (the pre-training's ``memory`` field says which), not measured for fine-tuning runs.
+    """
+    from .pretrain.registry import get_method, method_names
+    from .pretrain.run import SIZE_FILE
+
+    from .paths import StudyPaths
+
+    paths = StudyPaths(output_dir)
+    results = load_results(output_dir) if results is None else results
+    columns, ours, paper = [], [], []
+    for method in method_names():
+        size_file = paths.pretrain(method) / SIZE_FILE
+        if not size_file.is_file():
+            continue
+        size = json.loads(size_file.read_text())
+        spec = get_method(method).paper or {}
+        columns.append(("pre-training", INIT_LABELS.get(method, method)))
+        ours.append((f"{size['trainable_params'] / 1e6:.1f} M", f"{size['peak_memory_gb']:.1f} GB ({size['memory']})",
+                     f"{_duration(size['train_seconds'])} ({size['epochs']} epochs)"))
+        paper.append((f"{spec['params_m']:g} M" if "params_m" in spec else "—",
+                      f"{spec['gpu_memory_gb']:g} GB" if "gpu_memory_gb" in spec else "—",
+                      f"{_duration(spec['hours'] * 3600)} (900 epochs)" if "hours" in spec else "—"))
+    name = task_namer(results)
+    for task in order_tasks(results["task"]) if len(results) else []:
+        grp = results[results["task"] == task]
+        full = grp[np.isclose(grp["fraction"].astype(float), grp["fraction"].astype(float).max())]
+        n_classes = len(json.loads(full["train_per_class"].iloc[0]))
+        columns.append(("fine-tuning", name(task)))
+        ours.append((f"{_finetune_params(str(full['arch'].iloc[0]), n_classes) / 1e6:.1f} M", "not measured",
+                     f"{_duration(full['time_s'].astype(float).mean())} per run"))
+        pub = PAPER_TABLE1_FINETUNE.get(task)
+        paper.append(("—", "—", "—") if pub is None else (f"{pub[0]:g} M", f"{pub[1]:g} GB", _duration(pub[2])))
+    index = pd.MultiIndex.from_tuples([(q, who) for q in TABLE1_ROWS for who in ("this study", "paper")],
+                                      names=["quantity", "source"])
+    table = pd.DataFrame(index=index, columns=pd.MultiIndex.from_tuples(columns, names=["stage", "of"]), dtype=object)
+    for col, mine, theirs in zip(columns, ours, paper):
+        for q, a, b in zip(TABLE1_ROWS, mine, theirs):
+            table.loc[(q, "this study"), col] = a
+            table.loc[(q, "paper"), col] = b
+    return table
+
+
 # ----------------------------------------------------------------------------- Table 2
 def summary(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1", "accuracy")) -> pd.DataFrame:
-    """Long table: task, fraction, init, metric, mean, std (ddof=1), n runs."""
+    """Long table: task, fraction, init, metric, mean, std (ddof=1), n runs (and ``synthetic`` per
+    task where ``results`` has that column)."""
     if results.empty:
         return pd.DataFrame(columns=["task", "fraction", "init", "metric", "mean", "std", "n"])
     long = results.melt(id_vars=["task", "fraction", "init"], value_vars=list(metrics), var_name="metric")
     long["value"] = pd.to_numeric(long["value"], errors="coerce")
     out = long.groupby(["task", "fraction", "init", "metric"], sort=False)["value"].agg(["mean", "std", "count"])
-    return out.reset_index().rename(columns={"count": "n"})
+    out = out.reset_index().rename(columns={"count": "n"})
+    synthetic = synthetic_task_keys(results)
+    if "synthetic" in results:
+        out["synthetic"] = out["task"].isin(synthetic)
+    return out
 
 
 def table2(results: pd.DataFrame, *, fraction: float = 1.0, metrics: Sequence[str] = ("auc", "f1", "accuracy"),
@@ -145,11 +255,12 @@ def table2(results: pd.DataFrame, *, fraction: float = 1.0, metrics: Sequence[st
     s = summary(res, metrics)
     tasks = [t for t in (tasks or order_tasks(s["task"])) if t in set(s["task"])]
     inits = _order_inits(s["init"])
-    cols = pd.MultiIndex.from_product([[TASK_LABELS.get(t, t) for t in tasks], list(metrics)], names=["task", "metric"])
+    name = task_namer(results)
+    cols = pd.MultiIndex.from_product([[name(t) for t in tasks], list(metrics)], names=["task", "metric"])
     table = pd.DataFrame(index=pd.Index([INIT_LABELS.get(i, i) for i in inits], name="init"), columns=cols, dtype=object)
     for r in s.itertuples(index=False):
         if r.task in tasks:
-            table.loc[INIT_LABELS.get(r.init, r.init), (TASK_LABELS.get(r.task, r.task), r.metric)] = _fmt(r.mean, r.std)
+            table.loc[INIT_LABELS.get(r.init, r.init), (name(r.task), r.metric)] = _fmt(r.mean, r.std)
     return table.fillna("n/a")
 
 
@@ -166,15 +277,16 @@ def paper_table2() -> pd.DataFrame:
 def table2_vs_paper(results: pd.DataFrame, *, fraction: float = 1.0) -> pd.DataFrame:
     """Ours beside the paper's (labelled "paper (published)") for AUC and F1 of every init and task."""
     s = summary(results[np.isclose(results["fraction"].astype(float), fraction)], ("auc", "f1"))
+    name = task_namer(results)
     rows = []
     for r in PAPER_TABLE2.itertuples(index=False):
         for metric in ("auc", "f1"):
             ours = s[(s["task"] == r.task) & (s["init"] == r.init) & (s["metric"] == metric)]
-            rows.append({"task": TASK_LABELS[r.task], "init": INIT_LABELS[r.init], "metric": metric,
+            rows.append({"task": name(r.task), "init": INIT_LABELS[r.init], "metric": metric,
                          "ours": _fmt(ours["mean"].iloc[0], ours["std"].iloc[0]) if len(ours) else "not run",
                          "paper (published)": _fmt(getattr(r, f"{metric}_mean"), getattr(r, f"{metric}_std"))})
     table = pd.DataFrame(rows).pivot(index=["task", "init"], columns="metric", values=["ours", "paper (published)"])
-    order = [(TASK_LABELS[t], INIT_LABELS[i]) for t in TASKS for i in PAPER_INITS]
+    order = [(name(t), INIT_LABELS[i]) for t in TASKS for i in PAPER_INITS]
     return table.reindex(order)
 
 
@@ -208,7 +320,7 @@ def headline(results: pd.DataFrame, metric: str = "auc", *, numeric: bool = Fals
     if numeric or out.empty:
         return out
     return pd.DataFrame({
-        "task": out["task"].map(lambda t: TASK_LABELS.get(t, t)), "portion": (out["fraction"] * 100).map("{:g}%".format),
+        "task": out["task"].map(task_namer(results)), "portion": (out["fraction"] * 100).map("{:g}%".format),
         "init": out["init"].map(lambda i: INIT_LABELS.get(i, i)),
         f"random {metric.upper()}": [_fmt(m, s) for m, s in zip(out["random"], out["random_sd"])],
         f"pre-trained {metric.upper()}": [_fmt(m, s) for m, s in zip(out["mean"], out["sd"])],
@@ -226,18 +338,18 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if results.empty:
         return pd.DataFrame(columns=["task", "portion", "size", "per_class", "paper size"])
+    name = task_namer(results)
     for (task, fraction), grp in results.groupby(["task", "fraction"], sort=False):
         counts = np.array([json.loads(x) for x in grp["train_per_class"]], dtype=float)
         n = grp["train_size"].astype(float).mean()
         k = n / counts.shape[1]
         paper = PAPER_TABLE3[(PAPER_TABLE3["task"] == task) & np.isclose(PAPER_TABLE3["fraction"], float(fraction))]
-        rows.append({"task": TASK_LABELS.get(task, task), "fraction": float(fraction),
+        rows.append({"task": name(task), "_t": task_rank(task), "fraction": float(fraction),
                      "portion": f"{float(fraction) * 100:g}%", "size": f"{n:,.0f} (≈ {k:,.0f} per class)",
                      "per_class": " / ".join(f"{c:.0f}" for c in counts.mean(axis=0)),
                      "paper size": (f"{int(paper['size'].iloc[0]):,} (≈ {int(paper['per_class'].iloc[0]):,} per class)"
                                     if len(paper) else "-")})
     out = pd.DataFrame(rows)
-    out["_t"] = out["task"].map({v: i for i, v in enumerate(TASK_LABELS.values())})
     return out.sort_values(["_t", "fraction"], ascending=[True, False]).drop(columns=["_t", "fraction"]).reset_index(drop=True)
 
 
@@ -253,16 +365,52 @@ def stopping_table(results: pd.DataFrame, threshold: float = STOP_F1, metric: st
         return pd.DataFrame(columns=["task", "fraction", "stop"])
     means = res.groupby(["task", "fraction", "init"])[metric].mean().unstack("init")
     means["stop (all < %.2f)" % threshold] = (means < threshold).all(axis=1)
-    return means.reset_index()
+    out = means.reset_index()
+    out["task"] = out["task"].map(task_namer(results))
+    return out
 
 
 # ----------------------------------------------------------------------------- Figure 5
+def per_class_sizes(results: pd.DataFrame, task: str) -> dict[float, float]:
+    """``fraction -> mean training images per class`` of ``task`` (Table 3's "≈ k per class": the
+    mean training set size over the runs divided by the number of classes)."""
+    out = {}
+    for fraction, grp in results[results["task"] == task].groupby("fraction"):
+        if "train_per_class" in grp and grp["train_per_class"].notna().all():
+            n_classes = len(json.loads(grp["train_per_class"].iloc[0]))
+            out[float(fraction)] = grp["train_size"].astype(float).mean() / max(n_classes, 1)
+    return out
+
+
+def fraction_axis(ax, results: pd.DataFrame, task: str) -> None:
+    """The paper's x-axis of Figure 5: the training fractions the study ran for ``task``, largest
+    first, each labelled with its percentage and approximate images per class."""
+    fractions = sorted({float(f) for f in results.loc[results["task"] == task, "fraction"]}, reverse=True)
+    per_class = per_class_sizes(results, task)
+    ax.set_xticks([f * 100 for f in fractions],
+                  [f"{f * 100:g}%" + (f"\n≈{per_class[f]:,.0f}/class" if f in per_class else "") for f in fractions],
+                  fontsize=8)
+    ax.set_xlabel("training data (share, ≈ images per class)", fontsize=9)
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+
+
+def spread_caption(results: pd.DataFrame) -> str:
+    """What Figure 5's error bars are: the SD over the runs of each point, and how many runs."""
+    runs = results.groupby(["task", "fraction", "init"]).size()
+    if runs.empty:
+        return ""
+    n = f"{runs.min()}" if runs.min() == runs.max() else f"{runs.min()}-{runs.max()}"
+    return f"Points: mean over {n} runs (seeds or CV folds); error bars: ± 1 SD over those runs."
+
+
 def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, tasks: Sequence[str] | None = None,
             include_random: bool = True):
     """Figure 5: metric vs training fraction per init (mean ± std over runs), one panel per task x metric."""
     import matplotlib.pyplot as plt
 
     s = summary(results, metrics)
+    name = task_namer(results)
     tasks = [t for t in (tasks or order_tasks(s["task"])) if t in set(s["task"])] or sorted(set(s["task"]))
     fig, axes = plt.subplots(len(metrics), max(len(tasks), 1), figsize=(2.8 * max(len(tasks), 1), 2.9 * len(metrics)),
                              squeeze=False)
@@ -276,15 +424,15 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
                     continue
                 ax.errorbar(d["fraction"] * 100, d["mean"], yerr=d["std"].fillna(0), marker="o", capsize=3,
                             label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
-            ax.set_title(f"{TASK_LABELS.get(task, task)}")
-            ax.set_xlabel("training data (%)")
+            ax.set_title(name(task))
+            fraction_axis(ax, results, task)
             ax.set_ylabel(metric.upper() if metric == "auc" else metric.capitalize())
-            ax.invert_xaxis()
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0.02), fontsize=9)
+    fig.text(0.5, 0.0, spread_caption(results), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
 
 
@@ -355,7 +503,7 @@ def stats_table(comparisons: pd.DataFrame, *, only_holding: bool = False) -> pd.
         return c[col].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}") if col in c else "n/a"
 
     out = pd.DataFrame({
-        "task": c["task"].map(lambda t: TASK_LABELS.get(t, t)), "portion": (c["fraction"] * 100).map("{:g}%".format),
+        "task": c["task"].map(task_namer(c)), "portion": (c["fraction"] * 100).map("{:g}%".format),
         "metric": c["metric"], "A": c["init_a"].map(lambda i: INIT_LABELS.get(i, i)),
         "B": c["init_b"].map(lambda i: INIT_LABELS.get(i, i)), "runs": c["n_runs"],
         "A (mean ± SD)": [_fmt(m, s) for m, s in zip(c["mean_a"], c["sd_a"])] if "sd_a" in c else c["mean_a"],
@@ -375,10 +523,11 @@ def claims(comparisons: pd.DataFrame) -> list[str]:
     if comparisons.empty:
         return []
     out = []
+    name = task_namer(comparisons)
     for r in comparisons[comparisons["holds"].astype(bool)].itertuples(index=False):
         win, lose = (r.init_a, r.init_b) if r.diff > 0 else (r.init_b, r.init_a)
         lo, hi = sorted((abs(r.ci_low), abs(r.ci_high)))  # a difference that holds has an interval off 0
-        out.append(f"{TASK_LABELS.get(r.task, r.task)}, {r.fraction * 100:g} % of the training data: "
+        out.append(f"{name(r.task)}, {r.fraction * 100:g} % of the training data: "
                    f"{INIT_LABELS.get(win, win)} beats {INIT_LABELS.get(lose, lose)} in {r.metric.upper()} by "
                    f"{abs(r.diff):.3f} (95 % CI over runs and test cases [{lo:.3f}, {hi:.3f}], {r.n_runs} paired "
                    f"runs, {r.n_cases} test cases per run, Holm p = {r.p_holm:.3g}).")

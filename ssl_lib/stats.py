@@ -472,7 +472,7 @@ def power_table(n_runs: int, n_cases: int, effects: Sequence[float] = (0.05, 0.1
 COMPARISON_COLUMNS = ["task", "fraction", "metric", "init_a", "init_b", "n_runs", "n_cases", "mean_a", "mean_b", "sd_a",
                       "sd_b", "diff", "ci_low", "ci_high", "se_run", "se_case", "df", "p", "p_holm", "p_run",
                       "run_ci_low", "run_ci_high", "p_case", "case_ci_low", "case_ci_high", "holds", "verdict",
-                      "method"]
+                      "method", "synthetic"]
 #: Who shares a Holm correction: all pairs of inits of one task, training fraction and metric.
 FAMILY = ("task", "fraction", "metric")
 
@@ -496,7 +496,8 @@ def compare_inits(output_dir: str | os.PathLike, *, tasks: Iterable[str] | None 
     the decision's two-level test (:func:`decide`): ci_low/ci_high (its 95 % interval), se_run,
     se_case, df, p and p_holm (Holm within :data:`FAMILY`); for description each source alone:
     p_run/run_ci_low/run_ci_high (paired t-test over runs) and p_case/case_ci_low/case_ci_high
-    (paired bootstrap over test cases); holds (p_holm < alpha), verdict, method.
+    (paired bootstrap over test cases); holds (p_holm < alpha), verdict, method; synthetic (the
+    task's results came from the synthetic data set).
     """
     from .tasks import use_study_tasks
 
@@ -541,4 +542,7 @@ def compare_inits(output_dir: str | os.PathLike, *, tasks: Iterable[str] | None 
                                                      out["init_b"] + " better"),
                               np.where(out["n_runs"] < 2, "not testable (one run)", "no difference shown"))
     out["method"] = method_text(n_boot)
+    synthetic = (set(res.loc[res["synthetic"].astype(str).str.lower().eq("true"), "task"])
+                 if "synthetic" in res else set())
+    out["synthetic"] = out["task"].isin(synthetic)  # a task's rows from a synthetic store: tagged where shown
     return out[COMPARISON_COLUMNS]

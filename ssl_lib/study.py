@@ -79,7 +79,10 @@ class Step:
     """A notebook of the study: ``after`` names the steps whose outputs it reads; ``cost`` is a
     relative size hint (among steps ready at once, the largest starts first); ``outputs`` are the
     paths under the output folder it writes besides its executed notebook; ``share``: the
-    fraction of the cores its kernel always gets (:func:`step_threads`)."""
+    fraction of the cores its kernel always gets (:func:`step_threads`); ``shows``: whose numbers
+    its page shows, which decides the data sources its synthetic-data notice names
+    (:func:`page_sources`): ``"all"`` the study's stores, ``"pretraining"`` LIDC-IDRI's,
+    ``"explained"`` LIDC-IDRI's and the explained tasks'."""
 
     name: str
     notebook: str  # relative to the repository root
@@ -88,6 +91,7 @@ class Step:
     outputs: tuple[str, ...] = ()
     share: float = 1.0
     method: str = ""  # a pre-training step: its method
+    shows: str = "all"
 
     @property
     def template(self) -> Path:
@@ -126,14 +130,15 @@ def study_steps(methods: Sequence[str] | None = None) -> tuple[Step, ...]:
         raise StudyError("; ".join(f"unknown method {m!r}{_did_you_mean(m, names)}" for m in unknown)
                          + f"; the registered methods are {names}")
     pretrain = tuple(Step(f"pretrain_{spec.name}", pretrain_file(i, spec.name), ("preprocess",), spec.step_cost,
-                          (f"pretrain/{spec.name}",), 0.5, method=spec.name) for i, spec in enumerate(specs)
+                          (f"pretrain/{spec.name}",), 0.5, method=spec.name, shows="pretraining")
+                     for i, spec in enumerate(specs)
                      if methods is None or spec.name in methods)
     return (
         Step("preprocess", "notebooks/01_preprocess.ipynb", outputs=("synthetic", "stores")),
         *pretrain,
         Step("finetune", "notebooks/06_finetune.ipynb", tuple(p.name for p in pretrain), outputs=("finetune",)),
         Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
-        Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",)),
+        Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",), shows="explained"),
         Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
     )
 
@@ -709,12 +714,27 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
     raise StudyInterrupted(signum=signum)
 
 
+#: The store of the pre-training data (every pre-trained init's numbers come from it).
+PRETRAINING_STORE = "lidc"
+
+
+def page_sources(step: Step, paths: StudyPaths) -> tuple[str, ...] | None:
+    """The stores whose numbers ``step``'s page shows (``None``: all of the study's), by ``step.shows``."""
+    if step.shows == "pretraining":
+        return (PRETRAINING_STORE,)
+    if step.shows == "explained":
+        from .explain import explained_tasks
+
+        return (PRETRAINING_STORE, *explained_tasks(paths.root))
+    return None
+
+
 def stage_book(paths: StudyPaths) -> Path:
     """Copy the book sources and the executed notebooks into ``<output>/book`` (the build root).
 
     Each notebook becomes a page as :func:`_copy_without_widget_state` prepares it: no live
-    widgets or progress bars, no local paths, and the synthetic-data notice where any source was
-    synthetic (:func:`ssl_lib.present.synthetic_notice`). ``<output>/book`` is the runner's own
+    widgets or progress bars, no local paths, and the synthetic-data notice where a source whose
+    numbers the page shows was synthetic (:func:`page_sources`, :func:`ssl_lib.present.synthetic_notice`). ``<output>/book`` is the runner's own
     folder: staging refuses a folder it did not create (and an output folder that is not a
     study's), and empties only that folder.
     """
@@ -745,12 +765,13 @@ def stage_book(paths: StudyPaths) -> Path:
     # the table of contents of these steps: a method registered at run time has its chapter too
     (stage / "_toc.yml").write_text(toc_text([f"notebooks/{Path(s.notebook).name}" for s in _steps() if s.method]))
     (stage / "notebooks").mkdir(exist_ok=True)
-    notice = synthetic_notice(paths.root)
     for step in _steps():
         executed = paths.notebooks / Path(step.notebook).name
-        # a step not run yet appears with its template (prose, no outputs)
+        # a step not run yet appears with its template (prose, no outputs); the notice names only
+        # the synthetic sources of what this page shows
+        notice = synthetic_notice(paths.root, page_sources(step, paths)) if executed.exists() else ""
         _copy_without_widget_state(executed if executed.exists() else step.template,
-                                   stage / "notebooks" / executed.name, paths, notice if executed.exists() else "")
+                                   stage / "notebooks" / executed.name, paths, notice)
     if paths.timings.exists():
         _append_timings(stage / "book" / "reproduce.md", pd.read_csv(paths.timings))
     write_staged_config(stage / "_config.yml", book_values(paths.root), REPO)

@@ -30,6 +30,10 @@ def test_synthetic_notice_names_the_synthetic_sources(tmp_path):
     note = present.synthetic_notice(tmp_path)
     assert "LIDC-IDRI" in note and "Brain CT" in note and "COVID" not in note and ":class: warning" in note
     assert "{doc}`../book/real_data`" in note  # every banner links to the real-data page
+    # a page names only the synthetic sources among those it shows
+    assert present.synthetic_sources(tmp_path, ["lidc"]) == ["lidc"]
+    assert present.synthetic_notice(tmp_path, ["covid"]) == ""  # a real task's page: no notice
+    assert "Brain CT" not in present.synthetic_notice(tmp_path, ["lidc", "covid"])
     (tmp_path / "stores" / "brain" / "meta.json").write_text("{broken")
     with pytest.raises(ValueError, match="brain"):
         present.synthetic_sources(tmp_path)
@@ -69,6 +73,10 @@ def test_verdict_grid_colours_direction_and_holding():
     assert (again.axes[0].images[0].get_array() == codes).all()
     with pytest.raises(ValueError, match="holds"):
         present.verdict_grid(comp.drop(columns="holds"))
+    # a synthetic task is tagged above its columns, a real one is not
+    mixed = present.verdict_grid(comp.assign(synthetic=comp["task"].eq("brain")))
+    heads = {t.get_text() for t in mixed.axes[0].texts if t.get_fontweight() == "bold" and not t.get_text()[0] in "+-"}
+    assert {"COVID-19", "Brain (synthetic)"} <= heads and "COVID-19 (synthetic)" not in heads
     plt.close("all")
 
 
@@ -92,6 +100,8 @@ def test_reduction_browser_one_frame_per_task_and_metric(monkeypatch):
     monkeypatch.setenv("SSL_CT_BATCH", "1")  # the book: frames
     page = present.reduction_browser(res).data
     assert page.count("<img data-key=") == 2 * 2 and page.count("<select") == 2
+    mixed = present.reduction_browser(res.assign(synthetic=res["task"].eq("organs"))).data
+    assert ">OrgMNIST (synthetic)<" in mixed and ">COVID-19<" in mixed
     plt.close("all")
 
 

@@ -66,6 +66,10 @@ def test_outputs_checkpoints_and_cards(runs, store, method):
     assert list(r.metrics.columns) == ["epoch", "step", "loss", "lr", "images_per_s", "seconds"]
     assert r.metrics["epoch"].tolist() == list(range(1, EPOCHS + 1)) and r.metrics["step"].iloc[-1] == EPOCHS * 8
     assert r.epochs_done == EPOCHS and r.global_step == EPOCHS * 8 and r.trainable_params > 11e6
+    size = json.loads((r.run_dir / "size.json").read_text())  # the run's cost for the book's Table 1
+    assert size["trainable_params"] == r.trainable_params and size["epochs"] == EPOCHS and size["method"] == method
+    assert size["train_seconds"] == pytest.approx(r.metrics["seconds"].sum(), abs=0.1) and size["peak_memory_gb"] > 0
+    assert size["memory"] == "process RSS" and size["device"] == "1 x CPU"
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -30,7 +30,7 @@ def fake_results(synthetic=True):
 
 
 def test_table2_shapes_and_paper_reference():
-    res = fake_results()
+    res = fake_results(False)
     t2 = report.table2(res)
     assert t2.shape == (5, 9) and list(t2.index)[0] == "Random" and list(t2.index)[-1] == "SparK"
     assert all(" ± " in v for v in t2.to_numpy().ravel())
@@ -43,7 +43,7 @@ def test_table2_shapes_and_paper_reference():
 
 
 def test_table3_and_stopping():
-    res = fake_results()
+    res = fake_results(False)
     t3 = report.table3(res)
     assert t3.shape == (6, 5)
     assert t3.iloc[0]["size"] == "425 (≈ 212 per class)" and t3.iloc[0]["paper size"] == "425 (≈ 212 per class)"
@@ -52,10 +52,78 @@ def test_table3_and_stopping():
     assert len(st) == 6 and "random" not in st.columns
 
 
+def test_table1_is_one_table_of_every_pretraining_and_task_beside_the_paper(tmp_path):
+    from ssl_lib.paths import StudyPaths
+
+    res = fake_results(False).assign(arch="resnet18", time_s=90.0)
+    for method, params in (("byol", 24_000_000), ("spark", 13_500_000)):
+        run = StudyPaths(tmp_path).pretrain(method)
+        run.mkdir(parents=True)
+        (run / "size.json").write_text(json.dumps({
+            "method": method, "trainable_params": params, "peak_memory_gb": 1.25, "memory": "process RSS",
+            "train_seconds": 5400.0, "epochs": 20, "steps": 100, "device": "1 x CPU"}))
+    t = report.table1(tmp_path, res.assign(synthetic=res["task"].eq("brain")))
+    assert list(t.columns) == [("pre-training", "BYOL"), ("pre-training", "SparK"), ("fine-tuning", "COVID-19"),
+                               ("fine-tuning", "OrgMNIST"), ("fine-tuning", "Brain (synthetic)")]
+    assert t.loc[("parameters (M)", "this study"), ("pre-training", "BYOL")] == "24.0 M"
+    assert t.loc[("parameters (M)", "paper"), ("pre-training", "BYOL")] == "70.1 M"
+    assert t.loc[("training time", "this study"), ("pre-training", "SparK")] == "1.5 h (20 epochs)"
+    assert t.loc[("training time", "paper"), ("pre-training", "SparK")] == "14 d 4 h (900 epochs)"
+    assert t.loc[("peak memory (GB)", "this study"), ("pre-training", "SparK")] == "1.2 GB (process RSS)"
+    # ResNet-18 encoder (11,176,512) + a linear layer 512 x 2 + 2
+    assert t.loc[("parameters (M)", "this study"), ("fine-tuning", "COVID-19")] == "11.2 M"
+    assert t.loc[("training time", "this study"), ("fine-tuning", "OrgMNIST")] == "1.5 min per run"
+    assert t.loc[("training time", "paper"), ("fine-tuning", "OrgMNIST")] == "30.0 min"
+    assert not t.isna().any().any()
+
+
 def test_figure5_panels():
     fig = report.figure5(fake_results())
     assert len(fig.axes) == 6
     assert len(fig.axes[0].containers) == 5  # one error-bar line per init
+
+
+def test_figure5_axis_is_the_papers_every_fraction_with_images_per_class():
+    res = pd.concat([fake_results(False), fake_results(False)[lambda r: r["fraction"] == 0.5].assign(
+        fraction=0.25, train_size=lambda r: r["train_size"] // 2)])
+    fig = report.figure5(res, tasks=["covid"])
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["100%\n≈212/class", "50%\n≈106/class", "25%\n≈53/class"]  # every fraction, largest first
+    assert fig.axes[0].xaxis_inverted()
+    caption = " ".join(t.get_text() for t in fig.texts)
+    assert "error bars: ± 1 SD over those runs" in caption and "mean over 2 runs" in caption
+
+
+def mixed_results():
+    """OrgMNIST from the synthetic data set, COVID-19 and Brain from real data."""
+    res = fake_results(False)
+    return res.assign(synthetic=res["task"].eq("organs"))
+
+
+def test_a_synthetic_task_is_tagged_everywhere_and_a_real_one_nowhere():
+    res = mixed_results()
+    tagged, real = "OrgMNIST (synthetic)", ("COVID-19 (synthetic)", "Brain (synthetic)")
+
+    def texts(table):
+        return " ".join(map(str, [*table.to_numpy().ravel(), *table.index.to_flat_index(),
+                                   *table.columns.to_flat_index()]))
+
+    for table in (report.table2(res), report.table2_vs_paper(res), report.headline(res), report.table3(res),
+                  report.stopping_table(res)):
+        shown = texts(table)
+        assert tagged in shown and "COVID-19" in shown and not any(r in shown for r in real), shown[:300]
+    assert report.summary(res).groupby("task")["synthetic"].first().to_dict() == {
+        "brain": False, "covid": False, "organs": True}
+    titles = [ax.get_title() for ax in report.figure5(res).axes]
+    assert tagged in titles and "COVID-19" in titles and "Brain" in titles
+    comp = pd.DataFrame([{"task": t, "fraction": 1.0, "metric": "auc", "init_a": "random", "init_b": "spark",
+                          "n_runs": 3, "n_cases": 100, "mean_a": .6, "mean_b": .7, "sd_a": .01, "sd_b": .01,
+                          "diff": -.1, "ci_low": -.2, "ci_high": -.05, "p_holm": .01, "p_run": .01, "case_ci_low": -.2,
+                          "case_ci_high": -.05, "holds": True, "verdict": "spark better", "synthetic": t == "organs"}
+                         for t in ("covid", "organs")])
+    said = report.claims(comp)
+    assert said[0].startswith("COVID-19, 100 %") and said[1].startswith("OrgMNIST (synthetic), 100 %")
+    assert list(report.stats_table(comp)["task"]) == ["COVID-19", "OrgMNIST (synthetic)"]
 
 
 def test_synthetic_banner(tmp_path):

@@ -8,6 +8,8 @@ writes, under ``out_dir``::
     encoders/epoch_XXXX.pt + .json           the encoder (torchvision state dict, no fc) + card
     metrics.csv                              per epoch: epoch, step, loss, lr, images_per_s, seconds
     steps.csv                                per step: epoch, step, loss, lr
+    size.json                                the run's cost (the paper's Table 1): parameters,
+                                             peak memory, training time (:func:`write_size`)
 
 ``XXXX`` counts completed epochs. ``resume=True`` continues from ``checkpoints/last.ckpt``
 (optimizer, schedule, MoCo queue, momentum encoders, epoch and step restored). The encoder files
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import resource
 import time
@@ -414,13 +417,38 @@ def pretrain(
         wall = time.perf_counter() - start
     metrics = pd.read_csv(out_dir / "metrics.csv") if (out_dir / "metrics.csv").exists() else pd.DataFrame()
     steps = pd.read_csv(out_dir / "steps.csv") if (out_dir / "steps.csv").exists() else pd.DataFrame()
-    return PretrainResult(
+    result = PretrainResult(
         method=method, profile=profile, run_dir=out_dir, config=cfg,
         encoders=[encoder_file(out_dir, e) for e in list_encoder_epochs(out_dir)], metrics=metrics, steps=steps,
         trainable_params=counts["trainable"], total_params=counts["total"],
         peak_memory_mb=_peak_memory_mb(module.device), wall_time_s=wall,
         epochs_done=int(trainer.current_epoch), global_step=int(trainer.global_step), module=module,
     )
+    if trainer.is_global_zero:
+        write_size(result, device=f"{world} x {'GPU' if use_gpu else 'CPU'}")
+    return result
+
+
+#: The file of a pre-training run's cost, under its run folder.
+SIZE_FILE = "size.json"
+
+
+def write_size(result: PretrainResult, device: str = "") -> Path:
+    """``<run>/size.json``: what the paper's Table 1 gives for a pre-training, for this run.
+
+    ``train_seconds`` is the sum of the per-epoch times of ``metrics.csv`` (every session of a
+    resumed run); ``peak_memory_gb`` is the GPU's allocated peak on CUDA and the process's peak
+    resident memory on a CPU (``memory``: which).
+    """
+    from ..atomic import atomic_write
+
+    seconds = float(result.metrics["seconds"].sum()) if "seconds" in result.metrics else result.wall_time_s
+    cuda = "GPU" in device
+    info = {"method": result.method, "profile": result.profile, "trainable_params": int(result.trainable_params),
+            "total_params": int(result.total_params), "peak_memory_gb": round(result.peak_memory_mb / 1024, 3),
+            "memory": "GPU allocated" if cuda else "process RSS", "train_seconds": round(seconds, 1),
+            "epochs": int(result.epochs_done), "steps": int(result.global_step), "device": device}
+    return atomic_write(result.run_dir / SIZE_FILE, json.dumps(info, indent=1))
 
 
 # ==============================================================================================

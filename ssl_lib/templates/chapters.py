@@ -433,6 +433,16 @@ we keep them in the column `f1_seed`.
 """, 'b609a8d8'),
         ('code', 'report.metric_definitions()', 'ca7f7708'),
         ('md', """
+## Table 1: computational cost
+
+The cost of each pre-training and of fine-tuning per task, this study's beside the paper's (one
+RTX 3090, ResNet50, 900 pre-training epochs). Pre-training time is the sum of its epochs;
+fine-tuning time the mean over the runs on all training data. Peak memory is the GPU's on a GPU
+and the process's peak resident memory on a CPU, which is why a CPU build's figures are not
+comparable with the paper's.
+""", 'cell-table1-md'),
+        ('code', 'report.table1(output_dir, results)', 'cell-table1'),
+        ('md', """
 ## Table 2: all training data
 
 AUC and F1 as in the paper, mean ± standard deviation over runs (seeds; for Brain, cross-validation folds).
