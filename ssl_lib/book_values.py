@@ -11,6 +11,11 @@ Values (strings, as the page prints them):
 
 * ``ft_runs``, ``ft_full_epoch_runs``: fine-tuning runs in the results table, and those whose
   validation-selected epoch is one of the full (unfrozen) epochs rather than a linear-phase one.
+* ``build_data``: which data each source of this build was (real, or the built-in synthetic
+  set), one sentence per source, from the stores' metadata (no paths).
+* ``build_findings``: what this build found, verdicts only: the differences between
+  initialisations that hold (:func:`ssl_lib.report.claims` of the results step's comparisons),
+  or that none holds, with how many were tested.
 * ``spark_encoder_m``, ``spark_fc_m``, ``spark_decoder_m``, ``spark_trainable_m``: SparK's
   parameter counts at the paper profile (millions, :func:`ssl_lib.pretrain.param_table`): the
   ResNet-50, the 1000-class layer timm adds, the decoder and densify layers, and all it trains.
@@ -28,6 +33,8 @@ NOT_RUN = "(not run yet)"
 NAMES: dict[str, str] = {
     "ft_runs": "fine-tuning runs in this study's results table",
     "ft_full_epoch_runs": "runs whose selected epoch is a full (unfrozen) epoch",
+    "build_data": "which data each source of this build was, real or synthetic",
+    "build_findings": "the differences between initialisations that hold in this build",
     "spark_encoder_m": "SparK's ResNet-50 encoder, millions of parameters (paper profile)",
     "spark_fc_m": "the 1000-class layer timm's ResNet-50 adds, millions",
     "spark_decoder_m": "SparK's decoder and densify layers, millions (paper profile)",
@@ -61,9 +68,45 @@ def spark_params() -> dict[str, str]:
             "spark_trainable_m": f"{row['trainable']:.1f} M"}
 
 
+def build_data(output_dir: str | os.PathLike) -> str:
+    """One sentence per data source of the study: real data, or the built-in synthetic set."""
+    from .present import SOURCE_NAMES, synthetic_sources
+    from .paths import StudyPaths
+
+    stores = sorted(p.parent.name for p in (StudyPaths(output_dir).root / "stores").glob("*/meta.json"))
+    if not stores:
+        return NOT_RUN
+    synthetic = set(synthetic_sources(output_dir))
+    order = list(SOURCE_NAMES)
+    stores.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
+    said = [f"**{SOURCE_NAMES.get(n, n)}**: " + ("the built-in *synthetic* CT data set (simulated, not patients)"
+                                                  if n in synthetic else "real data, as the reader supplied it")
+            for n in stores]
+    return "; ".join(said) + "."
+
+
+def build_findings(output_dir: str | os.PathLike) -> str:
+    """The verdicts of the results step, as sentences (nothing but differences that hold)."""
+    from .report import claims
+    from .stats import read_comparisons
+
+    comparisons = read_comparisons(output_dir)
+    if comparisons is None:
+        return NOT_RUN
+    tested = int((comparisons["n_runs"] >= 2).sum()) if len(comparisons) else 0
+    said = claims(comparisons)
+    n = f"{tested} comparison" + ("" if tested == 1 else "s")
+    if not said:
+        return (f"No difference between initialisations holds: of {n} tested (two-level test over runs and test "
+                "slices, Holm-corrected), none was large enough for this study's size.")
+    return (f"Of {n} tested, these differences hold (two-level test over runs and test slices, "
+            "Holm-corrected): " + " ".join(said))
+
+
 def book_values(output_dir: str | os.PathLike) -> dict[str, str]:
     """Every name of :data:`NAMES` with its value for the study in ``output_dir``."""
     from .runs import load_results
 
-    values = {**finetune_counts(load_results(output_dir)), **spark_params()}
+    values = {**finetune_counts(load_results(output_dir)), **spark_params(),
+              "build_data": build_data(output_dir), "build_findings": build_findings(output_dir)}
     return {name: values.get(name, NOT_RUN) for name in NAMES}

@@ -59,6 +59,11 @@ class StudyPaths:
         return self.finetune / "results.csv"
 
     @property
+    def comparisons(self) -> Path:
+        """The results step's verdicts (:func:`ssl_lib.stats.save_comparisons`), read by the book's intro."""
+        return self.root / "verdicts" / "comparisons.csv"
+
+    @property
     def gradcam(self) -> Path:
         return self.root / "gradcam"
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -475,6 +476,26 @@ COMPARISON_COLUMNS = ["task", "fraction", "metric", "init_a", "init_b", "n_runs"
                       "method", "synthetic"]
 #: Who shares a Holm correction: all pairs of inits of one task, training fraction and metric.
 FAMILY = ("task", "fraction", "metric")
+
+
+def save_comparisons(output_dir: str | os.PathLike, comparisons: pd.DataFrame) -> Path:
+    """Write the study's comparisons (:func:`compare_inits`) where the book's intro reads its findings."""
+    from .atomic import atomic_path
+    from .paths import StudyPaths
+
+    path = StudyPaths(output_dir).comparisons
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        comparisons.to_csv(tmp, index=False)
+    return path
+
+
+def read_comparisons(output_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The comparisons :func:`save_comparisons` wrote (``None`` before the results step ran)."""
+    from .paths import StudyPaths
+
+    path = StudyPaths(output_dir).comparisons
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def method_text(n_boot: int) -> str:

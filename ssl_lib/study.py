@@ -139,7 +139,7 @@ def study_steps(methods: Sequence[str] | None = None) -> tuple[Step, ...]:
         Step("finetune", "notebooks/06_finetune.ipynb", tuple(p.name for p in pretrain), outputs=("finetune",)),
         Step("reduction", "notebooks/07_reduction.ipynb", ("finetune",), outputs=("finetune",)),  # reuses 06's runs
         Step("gradcam", "notebooks/08_gradcam.ipynb", ("reduction",), outputs=("gradcam",), shows="explained"),
-        Step("results", "notebooks/09_results.ipynb", ("gradcam",)),
+        Step("results", "notebooks/09_results.ipynb", ("gradcam",), outputs=("verdicts",)),
     )
 
 

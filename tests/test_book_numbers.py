@@ -181,3 +181,31 @@ def test_staging_fills_the_substitutions(tmp_path):
     assert cfg["parse"]["myst_substitutions"] == {"ft_runs": "90"}
     assert "substitution" in cfg["parse"]["myst_enable_extensions"]
     assert cfg["title"] == yaml.safe_load((REPO / "_config.yml").read_text())["title"]  # the rest kept
+
+
+def test_the_intro_states_this_builds_data_and_verdicts(tmp_path):
+    """``build_data`` names each source real or synthetic (no path); ``build_findings`` only verdicts that hold."""
+    import json
+
+    import pandas as pd
+
+    from ssl_lib import stats
+    from ssl_lib.book_values import NOT_RUN, build_data, build_findings
+
+    assert build_data(tmp_path) == NOT_RUN and build_findings(tmp_path) == NOT_RUN  # nothing run yet
+    for name, synthetic in (("lidc", True), ("covid", False), ("organs", True)):
+        (tmp_path / "stores" / name).mkdir(parents=True)
+        (tmp_path / "stores" / name / "meta.json").write_text(json.dumps({"synthetic": synthetic and {"profile": "x"}}))
+    data = build_data(tmp_path)
+    assert data.index("LIDC-IDRI") < data.index("COVID-19 CT") < data.index("OrganSMNIST")
+    assert "**COVID-19 CT**: real data" in data and "**OrganSMNIST**: the built-in *synthetic*" in data
+    assert "**LIDC-IDRI (pre-training)**: the built-in *synthetic*" in data and str(tmp_path) not in data
+    row = {"task": "organs", "fraction": 1.0, "metric": "auc", "init_a": "random", "init_b": "spark", "n_runs": 3,
+           "n_cases": 100, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.05, "p_holm": 0.01, "holds": True,
+           "synthetic": True}
+    stats.save_comparisons(tmp_path, pd.DataFrame([row, {**row, "task": "covid", "holds": False, "synthetic": False}]))
+    found = build_findings(tmp_path)
+    assert found.startswith("Of 2 comparisons tested") and "OrgMNIST (synthetic), 100 %" in found
+    assert "SparK beats Random in AUC" in found and "COVID-19" not in found  # only what holds
+    stats.save_comparisons(tmp_path, pd.DataFrame([{**row, "holds": False}]))
+    assert build_findings(tmp_path).startswith("No difference between initialisations holds: of 1 comparison tested")

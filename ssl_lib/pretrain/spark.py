@@ -221,5 +221,10 @@ SPEC = MethodSpec(
     step_cost=2.6,
     preview_note="## Masked input and reconstruction\n\nFor a few slices: the training crop, the masked input the "
                  "sparse encoder sees (masked patches black), the reconstruction, and the reconstruction with the "
-                 "visible patches pasted back.",
+                 "visible patches pasted back. SparK learns each masked patch in units of that patch's own "
+                 "mean and SD (its normalised-pixel loss), and the reconstruction is mapped back with them, as "
+                 "SparK's own visualisation does. A model that has learned little predicts about 0 in those "
+                 "units, which maps back to the patch's mean: flat squares of the right brightness, without "
+                 "texture. How much texture a run's model does predict shows in how far its squares depart "
+                 "from flat.",
 )

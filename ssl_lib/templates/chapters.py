@@ -488,6 +488,7 @@ The grid shows every comparison at once: one row per pair *A vs B*, one column p
 """, '626c5a7f'),
         ('code', """
 comparisons = stats.compare_inits(output_dir, profile=profile, n_boot=n_boot, alpha=alpha)
+stats.save_comparisons(output_dir, comparisons)  # the book's intro states the verdicts from this file
 present.verdict_grid(comparisons);
 """, 'cc37f57c'),
         ('md', """
