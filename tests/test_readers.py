@@ -391,6 +391,16 @@ def test_folder_png_patients_splits_masks(tmp_path):
     assert recs[0].source == "x/p1 a.png" and recs[0].pixels.shape == (6, 6)
     assert recs[0].mask.sum() == 1 and recs[0].mask[1, 1] == 1 and recs[1].mask is None
     assert reader.counts["images_without_mask"] == 3 and reader.counts["dicom_files"] == 1
+    # where the patient keys came from, said in the store summary with what a file-name key means
+    assert (reader.counts["patients_from_csv"], reader.counts["patients_from_file_name"]) == (3, 1)
+    from ssl_lib.data.views import patients_from, read_as
+
+    meta = {"reader": {"kind": "folder", "counts": dict(reader.counts), "options": {"window": [35.0, 80.0]}}}
+    assert read_as(meta) == "DICOM, window 35/80 HU + PNG/JPG as given (grey)"
+    said = patients_from(meta)
+    assert said.startswith("labels CSV (3 files), file name (1 file)") and "its own patient" in said
+    png_only = {"reader": {"kind": "folder", "counts": {"images": 4, "patients_from_csv": 4}, "options": {}}}
+    assert read_as(png_only) == "PNG/JPG as given (grey)" and patients_from(png_only) == "labels CSV (4 files)"
 
 
 def test_folder_non_ct_is_an_error(tmp_path):

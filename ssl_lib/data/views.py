@@ -12,16 +12,68 @@ from .intensity import PAPER_HU_RANGE, interval_map
 from .store import SliceStore
 
 
+def _window(options: dict) -> str:
+    w = options.get("window")
+    if w:
+        return f"window {w[0]:g}/{w[1]:g} HU"
+    lo, hi = options.get("hu_range") or (-1024, 3071)
+    return f"HU {lo:g}…{hi:g} → 0…255"
+
+
+def read_as(meta: dict) -> str:
+    """What a store's reader read and how it made grey values, from its metadata (no paths)."""
+    reader = meta.get("reader", {})
+    kind, options, counts = reader.get("kind", ""), reader.get("options", {}), reader.get("counts", {})
+    if kind == "lidc":
+        return f"DICOM series, {_window(options)}"
+    if kind == "covid":
+        return "PNG/JPG as given (grey)"
+    if kind == "medmnist":
+        return "MedMNIST .npz as given"
+    if kind == "folder":
+        parts = []
+        if counts.get("dicom_files"):
+            parts.append(f"DICOM, {_window(options)}")
+        if counts.get("images"):
+            parts.append(f"16-bit PNG, {_window(options)}" if options.get("png16") else "PNG/JPG as given (grey)")
+        return " + ".join(parts) or "-"
+    return kind or "-"
+
+
+def patients_from(meta: dict) -> str:
+    """Where a store's patient keys came from, and what that means for its patient-level split."""
+    reader = meta.get("reader", {})
+    kind, counts = reader.get("kind", ""), reader.get("counts", {})
+    if kind == "lidc":
+        return "DICOM PatientID"
+    if kind == "covid":
+        return "file-name prefix (COVID-CT has no patient ids); official split files"
+    if kind == "medmnist":
+        return "none (MedMNIST's official split)"
+    if kind == "folder":
+        sources = [f"{what} ({counts[key]} file{'s' if counts[key] != 1 else ''})" for key, what in (
+            ("patients_from_csv", "labels CSV"), ("patients_from_dicom", "DICOM PatientID"),
+            ("patients_from_file_name", "file name")) if counts.get(key)]
+        text = ", ".join(sources) or "-"
+        if counts.get("patients_from_file_name"):
+            text += ": no patient ids there, each such image counts as its own patient, so one " \
+                    "patient's images may fall into different splits"
+        return text
+    return "-"
+
+
 def store_summary(stores: dict[str, SliceStore]) -> pd.DataFrame:
-    """One row per store: task, slices, patients, image size, normalisation, synthetic or not."""
+    """One row per store: data (real or synthetic), what was read, where patients came from, task,
+    slices, patients, image size, normalisation, masks, skipped files."""
     rows = []
     for name, s in stores.items():
         m = s.meta
         rows.append({
-            "store": name, "task": m["task"], "classes": len(m["class_names"]) or "-", "slices": m["num_slices"],
-            "patients": m["num_patients"], "image size": f"{m['image_size']}²", "mean": round(m["mean"], 4),
-            "std": round(m["std"], 4), "masks": m["has_masks"], "skipped files": m.get("skipped", 0),
-            "data": "synthetic" if m.get("synthetic") else "user",
+            "store": name, "data": "synthetic" if m.get("synthetic") else "real (user)", "read as": read_as(m),
+            "patients from": patients_from(m), "task": m["task"], "classes": len(m["class_names"]) or "-",
+            "slices": m["num_slices"], "patients": m["num_patients"], "image size": f"{m['image_size']}²",
+            "mean": round(m["mean"], 4), "std": round(m["std"], 4), "masks": m["has_masks"],
+            "skipped files": m.get("skipped", 0),
         })
     return pd.DataFrame(rows).set_index("store")
 

@@ -23,7 +23,9 @@ single memory-mapped array, plus a manifest (slice, anonymised patient key, labe
 and the data set's mean and standard deviation for normalisation. Decoding DICOM or PNG files
 happens once, here, never per training epoch.
 
-Four stores feed the study, each from its source's own layout:
+Four stores feed the study, each from its source's own layout. The paper's sources and how each
+is read by default (the summary under "Building the stores" says what this build read, and where
+its patient keys came from):
 
 | store | paper source | layout read | intensity |
 |---|---|---|---|
@@ -37,7 +39,10 @@ RescaleIntercept, $\mathrm{HU} = s \cdot v + b$; the pre-training slices are the
 from $[-1024, 3071]$ HU onto $[0, 255]$, as the paper does, without windowing. CT series are sorted
 by slice position; non-CT series and series of ten images or fewer (the radiographs in LIDC-IDRI)
 are skipped and counted. Patients are kept only as salted one-way hashes, and every split is by
-patient: no patient crosses train, validation and test.
+patient: no patient key crosses train, validation and test. A key is only as good as its source:
+where a labels CSV gives no patient column and the files are not DICOM, each image is its own
+key, and the summary's *patients from* column says that one patient's images may then fall into
+different splits.
 
 With no source given, each store is built from the **built-in synthetic CT data set**, written in
 the same layouts as the real sources (real DICOM series with fake identifiers, the COVID-CT

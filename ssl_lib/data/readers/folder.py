@@ -18,7 +18,8 @@ Layout::
   images need ``png16`` (``"bits:N"`` or ``"hu:OFFSET"``, then ``window``/``hu_range`` as for
   DICOM; see :func:`~ssl_lib.data.readers.load_grey_image`), else each is an error.
 
-Patient = the CSV ``patient`` column, else the DICOM PatientID, else the file stem (the store keeps
+Patient = the CSV ``patient`` column, else the DICOM PatientID, else the file stem (counted per
+file as ``patients_from_csv`` / ``_dicom`` / ``_file_name`` in the reader's counts; the store keeps
 only a salted hash). ``source`` is the relative path for image files and ``dicom-<salted hash of
 the relative path>`` for DICOM files (their paths may hold names); ``skipped.csv`` names files the
 same way. Optional ``masks_root``: masks at ``<masks_root>/<file path with .png suffix>``
@@ -121,6 +122,7 @@ class FolderReader(SourceReader):
 
     def _records(self) -> Iterator[SliceRecord]:
         for rel, label, patient, split in self.rows:
+            given = bool(patient)
             path = self.root / rel
             name = self.safe_name(rel)
             if not path.is_file():
@@ -140,6 +142,8 @@ class FolderReader(SourceReader):
             except BadSource as err:
                 self.bad(err, name)
                 continue
+            # where the patient key came from (the store summary says so: a file-name key is no patient)
+            self.count("patients_from_csv" if given else "patients_from_dicom" if patient else "patients_from_file_name")
             for k, pixels in enumerate(slices):  # an enhanced CT file: its frames along the slice normal
                 yield SliceRecord(pixels=pixels, patient=patient or Path(rel).stem, label=label, split=split,
                                   source=name if len(slices) == 1 else f"{name}:f{k:04d}",
