@@ -96,6 +96,9 @@ def build_findings(output_dir: str | os.PathLike) -> str:
     tested = int((comparisons["n_runs"] >= 2).sum()) if len(comparisons) else 0
     said = claims(comparisons)
     n = f"{tested} comparison" + ("" if tested == 1 else "s")
+    if tested == 0:
+        return ("No verdicts: no pair of initialisations has two paired runs to compare (this build ran one "
+                "seed per setting), so this build claims nothing about which initialisation is better.")
     if not said:
         return (f"No difference between initialisations holds: of {n} tested (two-level test over runs and test "
                 "slices, Holm-corrected), none was large enough for this study's size.")

@@ -153,13 +153,15 @@ def verdict_grid(comparisons: pd.DataFrame, *, cell: float = 0.55, row: float = 
         starts = [k for k in range(len(cols)) if k == 0 or cols[k][0] != cols[k - 1][0]]
         for s_i, s in enumerate(starts):
             end = (starts[s_i + 1] if s_i + 1 < len(starts) else len(cols)) - 1
-            ax.text((s + end) / 2, -0.6, name(cols[s][0]), ha="center", va="bottom",
+            # the tag on a line of its own: a task over two fractions is about an inch wide
+            ax.text((s + end) / 2, -0.6, name(cols[s][0]).replace(" (", "\n("), ha="center", va="bottom",
                     fontsize=9, fontweight="bold")
             if s:
                 ax.axvline(s - 0.5, color="black", linewidth=1.2)
         ax.set_ylim(len(pairs) - 0.5, -0.5)
-        ax.set_title(f"{metric.upper() if metric in ('auc', 'f1') else metric}: A - B", fontsize=10, pad=20,
-                     loc="left")
+        two_lines = any("(" in name(t) for t, _ in cols)
+        ax.set_title(f"{metric.upper() if metric in ('auc', 'f1') else metric}: A - B", fontsize=10,
+                     pad=32 if two_lines else 20, loc="left")
     fig.legend(handles=[Patch(color="#2f6fb3", label="A better (holds)"), Patch(color="#c0392b", label="B better (holds)"),
                         Patch(color="#d9d9d9", label="does not hold")],
                loc="lower center", ncol=3, fontsize=8, frameon=False)

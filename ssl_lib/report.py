@@ -185,9 +185,10 @@ def table1(output_dir: str | os.PathLike, results: pd.DataFrame | None = None) -
     """The paper's Table 1 as one table: the cost of each pre-training and of fine-tuning per task,
     this study's beside the paper's.
 
-    Columns: ("pre-training", method) for every method whose run wrote ``size.json``
+    Rows: ("pre-training", method) for every method whose run wrote ``size.json``
     (:func:`ssl_lib.pretrain.run.write_size`) and ("fine-tuning", task) for every task of
-    ``results``; rows (quantity, "this study" | "paper"). Pre-training time is the sum of its
+    ``results`` (the paper's columns, as rows so that the table fits a page); columns (quantity,
+    "this study" | "paper"). Pre-training time is the sum of its
     epochs; fine-tuning time the mean over the runs on all training data (the paper: until the
     best epoch); peak memory is GPU memory on a GPU and the process's peak resident memory on a
     CPU (the pre-training's ``memory`` field says which), not measured for fine-tuning runs.
@@ -207,7 +208,8 @@ def table1(output_dir: str | os.PathLike, results: pd.DataFrame | None = None) -
         size = json.loads(size_file.read_text())
         spec = get_method(method).paper or {}
         columns.append(("pre-training", INIT_LABELS.get(method, method)))
-        ours.append((f"{size['trainable_params'] / 1e6:.1f} M", f"{size['peak_memory_gb']:.1f} GB ({size['memory']})",
+        rss = " (CPU RSS)" if "RSS" in str(size.get("memory", "")) else ""
+        ours.append((f"{size['trainable_params'] / 1e6:.1f} M", f"{size['peak_memory_gb']:.1f} GB{rss}",
                      f"{_duration(size['train_seconds'])} ({size['epochs']} epochs)"))
         paper.append((f"{spec['params_m']:g} M" if "params_m" in spec else "—",
                       f"{spec['gpu_memory_gb']:g} GB" if "gpu_memory_gb" in spec else "—",
@@ -222,13 +224,13 @@ def table1(output_dir: str | os.PathLike, results: pd.DataFrame | None = None) -
                      f"{_duration(full['time_s'].astype(float).mean())} per run"))
         pub = PAPER_TABLE1_FINETUNE.get(task)
         paper.append(("—", "—", "—") if pub is None else (f"{pub[0]:g} M", f"{pub[1]:g} GB", _duration(pub[2])))
-    index = pd.MultiIndex.from_tuples([(q, who) for q in TABLE1_ROWS for who in ("this study", "paper")],
-                                      names=["quantity", "source"])
-    table = pd.DataFrame(index=index, columns=pd.MultiIndex.from_tuples(columns, names=["stage", "of"]), dtype=object)
-    for col, mine, theirs in zip(columns, ours, paper):
+    cols = pd.MultiIndex.from_tuples([(q, who) for q in TABLE1_ROWS for who in ("this study", "paper")],
+                                     names=["quantity", "source"])
+    table = pd.DataFrame(index=pd.MultiIndex.from_tuples(columns, names=["stage", "of"]), columns=cols, dtype=object)
+    for row, mine, theirs in zip(columns, ours, paper):
         for q, a, b in zip(TABLE1_ROWS, mine, theirs):
-            table.loc[(q, "this study"), col] = a
-            table.loc[(q, "paper"), col] = b
+            table.loc[row, (q, "this study")] = a
+            table.loc[row, (q, "paper")] = b
     return table
 
 
@@ -324,7 +326,8 @@ def headline(results: pd.DataFrame, metric: str = "auc", *, numeric: bool = Fals
         "init": out["init"].map(lambda i: INIT_LABELS.get(i, i)),
         f"random {metric.upper()}": [_fmt(m, s) for m, s in zip(out["random"], out["random_sd"])],
         f"pre-trained {metric.upper()}": [_fmt(m, s) for m, s in zip(out["mean"], out["sd"])],
-        "pre-trained - random": [_fmt(m, s) for m, s in zip(out["diff"], out["diff_sd"])], "runs": out["n"]})
+        "pre-trained - random": [_fmt(m, s) for m, s in zip(out["diff"], out["diff_sd"])],
+        "runs": out["n"]}).set_index(["task", "portion", "init"])  # labelled rows, no running number
 
 
 # ----------------------------------------------------------------------------- Table 3
@@ -337,7 +340,7 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     if results.empty:
-        return pd.DataFrame(columns=["task", "portion", "size", "per_class", "paper size"])
+        return pd.DataFrame(columns=["task", "portion", "size", "per_class", "paper size"]).set_index(["task", "portion"])
     name = task_namer(results)
     for (task, fraction), grp in results.groupby(["task", "fraction"], sort=False):
         counts = np.array([json.loads(x) for x in grp["train_per_class"]], dtype=float)
@@ -350,7 +353,8 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
                      "paper size": (f"{int(paper['size'].iloc[0]):,} (≈ {int(paper['per_class'].iloc[0]):,} per class)"
                                     if len(paper) else "-")})
     out = pd.DataFrame(rows)
-    return out.sort_values(["_t", "fraction"], ascending=[True, False]).drop(columns=["_t", "fraction"]).reset_index(drop=True)
+    out = out.sort_values(["_t", "fraction"], ascending=[True, False]).drop(columns=["_t", "fraction"])
+    return out.set_index(["task", "portion"])  # labelled rows, no running number
 
 
 def stopping_table(results: pd.DataFrame, threshold: float = STOP_F1, metric: str = "f1_seed") -> pd.DataFrame:
@@ -390,7 +394,7 @@ def fraction_axis(ax, results: pd.DataFrame, task: str) -> None:
     ax.set_xticks([f * 100 for f in fractions],
                   [f"{f * 100:g}%" + (f"\n≈{per_class[f]:,.0f}/class" if f in per_class else "") for f in fractions],
                   fontsize=8)
-    ax.set_xlabel("training data (share, ≈ images per class)", fontsize=9)
+    ax.set_xlabel("training data", fontsize=9)
     if not ax.xaxis_inverted():
         ax.invert_xaxis()
 
@@ -400,6 +404,8 @@ def spread_caption(results: pd.DataFrame) -> str:
     runs = results.groupby(["task", "fraction", "init"]).size()
     if runs.empty:
         return ""
+    if runs.max() == 1:
+        return "Points: one run each (no error bars: one run has no spread)."
     n = f"{runs.min()}" if runs.min() == runs.max() else f"{runs.min()}-{runs.max()}"
     return f"Points: mean over {n} runs (seeds or CV folds); error bars: ± 1 SD over those runs."
 

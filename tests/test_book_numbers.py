@@ -209,3 +209,5 @@ def test_the_intro_states_this_builds_data_and_verdicts(tmp_path):
     assert "SparK beats Random in AUC" in found and "COVID-19" not in found  # only what holds
     stats.save_comparisons(tmp_path, pd.DataFrame([{**row, "holds": False}]))
     assert build_findings(tmp_path).startswith("No difference between initialisations holds: of 1 comparison tested")
+    stats.save_comparisons(tmp_path, pd.DataFrame([{**row, "n_runs": 1, "holds": False}]))  # one seed: nothing tested
+    assert build_findings(tmp_path).startswith("No verdicts: no pair of initialisations has two paired runs")

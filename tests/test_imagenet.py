@@ -173,7 +173,7 @@ def test_imagenet_is_a_baseline_in_labels_order_tables_and_the_stopping_rule():
     table = report.table2(res, metrics=("auc",))
     assert list(table.index) == ["Random", "ImageNet (supervised)", "SparK"]
     assert table.loc["ImageNet (supervised)", ("COVID-19", "auc")] == "0.895 ± 0.007"
-    head = report.headline(res)
+    head = report.headline(res).reset_index()
     assert "ImageNet (supervised)" in set(head["init"])
 
 

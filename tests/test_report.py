@@ -44,7 +44,7 @@ def test_table2_shapes_and_paper_reference():
 
 def test_table3_and_stopping():
     res = fake_results(False)
-    t3 = report.table3(res)
+    t3 = report.table3(res).reset_index()
     assert t3.shape == (6, 5)
     assert t3.iloc[0]["size"] == "425 (≈ 212 per class)" and t3.iloc[0]["paper size"] == "425 (≈ 212 per class)"
     assert t3.iloc[2]["task"] == "OrgMNIST" and t3.iloc[2]["portion"] == "100%"
@@ -63,13 +63,14 @@ def test_table1_is_one_table_of_every_pretraining_and_task_beside_the_paper(tmp_
             "method": method, "trainable_params": params, "peak_memory_gb": 1.25, "memory": "process RSS",
             "train_seconds": 5400.0, "epochs": 20, "steps": 100, "device": "1 x CPU"}))
     t = report.table1(tmp_path, res.assign(synthetic=res["task"].eq("brain")))
-    assert list(t.columns) == [("pre-training", "BYOL"), ("pre-training", "SparK"), ("fine-tuning", "COVID-19"),
-                               ("fine-tuning", "OrgMNIST"), ("fine-tuning", "Brain (synthetic)")]
+    assert list(t.index) == [("pre-training", "BYOL"), ("pre-training", "SparK"), ("fine-tuning", "COVID-19"),
+                             ("fine-tuning", "OrgMNIST"), ("fine-tuning", "Brain (synthetic)")]
+    t = t.T  # quantities as rows below
     assert t.loc[("parameters (M)", "this study"), ("pre-training", "BYOL")] == "24.0 M"
     assert t.loc[("parameters (M)", "paper"), ("pre-training", "BYOL")] == "70.1 M"
     assert t.loc[("training time", "this study"), ("pre-training", "SparK")] == "1.5 h (20 epochs)"
     assert t.loc[("training time", "paper"), ("pre-training", "SparK")] == "14 d 4 h (900 epochs)"
-    assert t.loc[("peak memory (GB)", "this study"), ("pre-training", "SparK")] == "1.2 GB (process RSS)"
+    assert t.loc[("peak memory (GB)", "this study"), ("pre-training", "SparK")] == "1.2 GB (CPU RSS)"
     # ResNet-18 encoder (11,176,512) + a linear layer 512 x 2 + 2
     assert t.loc[("parameters (M)", "this study"), ("fine-tuning", "COVID-19")] == "11.2 M"
     assert t.loc[("training time", "this study"), ("fine-tuning", "OrgMNIST")] == "1.5 min per run"
@@ -182,7 +183,7 @@ def test_headline_is_paired_by_run_with_spread():
     g = res[(res["task"] == "covid") & (res["fraction"] == 0.5)]
     d = (g[g["init"] == "spark"].set_index("seed")["auc"] - g[g["init"] == "random"].set_index("seed")["auc"])
     assert r["diff"] == pytest.approx(d.mean()) and r["diff_sd"] == pytest.approx(d.std(ddof=1))
-    shown = report.headline(res)
+    shown = report.headline(res).reset_index()
     assert " ± " in shown.iloc[0]["pre-trained - random"] and shown.iloc[0]["portion"] == "100%"
 
 
