@@ -23,28 +23,28 @@ the run part, test cases - 1 for the case part): with dominant run noise the tes
 the t-test over runs, with near-identical runs to a z-test on the case bootstrap. The 95 %
 interval is ``mean(d) ± t_df * se``. It needs >= 2 runs (with one: no verdict).
 
-**Why this rule** (issue 22; measured by ``python benchmarks/verdict_error_rates.py``, which
-prints the table: 2000 simulated studies per cell of :func:`simulate_predictions`, two inits, 200
-test cases, base AUC 0.8, alpha 0.05, through the code path of :func:`compare_inits`). The rule
-before, the paired t-test over runs alone, sees only what varies between runs. With cached frozen
-features runs hardly vary, so on one fixed test set it measured *this* test set's difference with
-almost no noise: when two equally good models err on different cases and runs are nearly
-identical (run SD 0.002) it declared a winner in 94 % of studies for AUC and 71 % for F1 (5 runs).
-The case bootstrap alone ignores run variation (15-16 % for AUC when runs vary with SD 0.03). The
-two-level test stays at or below 0.067 for AUC and F1, with 3 and 5 runs, under run noise (run SD
-0.03, and 0.06), case noise, both (run SD 0.03, and 0.045) and cross-validation folds. Of the
-other candidates (:data:`RULES`) the intersection-union test (the t-test over runs and the case
-bootstrap must both reject; p the larger) reaches 0.088 when run and shared case noise are about
-equal, and the two-level bootstrap (resample runs, then cases) 0.091 when run noise dominates,
-both above the bar of 0.07. Adding the whole bootstrap variance of the mean to ``s^2 / R`` (the
-"naive" sum) keeps the bar too, but counts the case noise the runs do not share twice, so its
-interval is too wide (FPR 0.02-0.03 under run noise and with folds, not 0.05). Its power is the
-same where runs share their case noise; with 3 runs under run noise, or 3 folds, it finds more
-(+0.10 AUC: 56 % and 53 % of studies against 43 % and 39 %), because the doubled part, estimated
-from 200 cases, lifts the Welch-Satterthwaite degrees of freedom above the 2 of three runs; with 5
-runs it finds less (+0.05 AUC: 28 % and 27 % against 32 % and 32 %; F1: 21 % against 27 % and
-26 %). We keep the unbiased estimate: its 95 % interval means 95 %, and it is the more powerful
-at the paper's five runs.
+**Why this rule** (issue 22; measured by ``python benchmarks/verdict_error_rates.py --reps 2000
+--n-boot 200``, output ``benchmarks/results/verdict_error_rates.csv``: 2000 simulated studies per
+cell of :func:`simulate_predictions`, two inits, 200 test cases, base AUC 0.8, alpha 0.05, through
+the code path of :func:`compare_inits`). The rule before, the paired t-test over runs alone, sees
+only what varies between runs. With cached frozen features runs hardly vary, so on one fixed test
+set it measured *this* test set's difference with almost no noise: when two equally good models
+err on different cases and runs are nearly identical (run SD 0.002) it declared a winner in 94 %
+of studies for AUC and 71 % for F1 (5 runs). The case bootstrap alone ignores run variation (16 %
+for AUC when runs vary with SD 0.03). The two-level test stays at or below 0.068 for AUC and F1,
+with 3 and 5 runs, under run noise (run SD 0.03, and 0.06), case noise, both (run SD 0.03, and
+0.045) and cross-validation folds. Of the other candidates (:data:`RULES`) the intersection-union
+test (the t-test over runs and the case bootstrap must both reject; p the larger) reaches 0.089
+when run and shared case noise are about equal, and the two-level bootstrap (resample runs, then
+cases) 0.091, both above the bar of 0.07. Adding the whole bootstrap variance of the mean to
+``s^2 / R`` (the "naive" sum) keeps the bar too, but counts the case noise the runs do not share
+twice, so its interval is too wide (FPR 0.02-0.03 under run noise and with folds, not 0.05). Its
+power is the same where runs share their case noise; with 3 runs under run noise, or 3 folds, it
+finds more (+0.10 AUC: 56 % and 53 % of studies against 43 % and 39 %), because the doubled part,
+estimated from 200 cases, lifts the Welch-Satterthwaite degrees of freedom above the 2 of three
+runs; with 5 runs it finds less (+0.05 AUC: 28 % and 27 % against 32 % and 32 %; F1: 20 % and
+21 % against 27 % and 26 %). We keep the unbiased estimate: its 95 % interval means 95 %, and it
+is the more powerful at the paper's five runs.
 
 **Description beside it** (never a verdict): each source alone, ``p_run`` with the t-interval
 over runs and ``p_case`` with the percentile interval of the case bootstrap (runs fixed).
