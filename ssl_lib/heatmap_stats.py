@@ -36,7 +36,7 @@ import pandas as pd
 
 from .errors import SslCtError
 
-__all__ = ["ExplainError", "SCORE_COLUMNS", "AGREEMENT_COLUMNS", "agreement_table", "bootstrap_mean",
+__all__ = ["ExplainError", "SCORE_COLUMNS", "AGREEMENT_COLUMNS", "agreement_table", "any_scored", "bootstrap_mean",
            "centre_gaussian_maps", "correlation_matrix", "correlation_table", "dilate_masks", "energy_share",
            "explanation_table", "localisation_table", "n_constant", "pearson_per_image", "pointing_hits",
            "uniform_random_maps"]
@@ -47,6 +47,15 @@ _CONST_EPS = 1e-6
 
 class ExplainError(SslCtError, ValueError):
     """Missing models or unusable inputs of the Grad-CAM step; the message names the file and the problem."""
+
+
+def any_scored(table: pd.DataFrame, column: str = "mean") -> bool:
+    """Whether any model of ``table`` (a correlation, localisation or agreement table) has a
+    defined score in ``column``: where every map was constant there is nothing to draw."""
+    if table is None or len(table) == 0 or column not in table:
+        return False
+    rows = table[table["kind"] == "model"] if "kind" in table else table
+    return bool(rows[column].notna().any())
 
 
 def _maps_of(maps) -> dict[str, np.ndarray]:

@@ -83,6 +83,14 @@ def test_constant_maps_are_excluded_and_counted():
     row = t.iloc[0]
     assert (row["n"], row["n_constant"]) == (3, 1)
     assert row["mean_r"] == pytest.approx(1.0)
+    # the page draws a matrix or bars only where some model has a score (all constant: nothing to draw)
+    from ssl_lib.heatmap_stats import any_scored
+
+    assert any_scored(t, "mean_r")
+    flat = explain.correlation_table({"byol": np.zeros_like(a), "spark": b}, n_boot=20)
+    assert not any_scored(flat, "mean_r") and not any_scored(flat.iloc[:0], "mean_r")
+    loc = pd.DataFrame({"kind": ["model", "baseline"], "mean": [np.nan, 0.02]})
+    assert not any_scored(loc) and any_scored(loc.assign(mean=[0.3, 0.02]))  # baselines alone do not count
 
 
 def test_correlation_table_every_pair_with_interval():

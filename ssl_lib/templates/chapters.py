@@ -316,7 +316,7 @@ lung = "auto"  # score the maps inside the lung: "auto" (the COVID-19 chest task
         ('code', """
 from IPython.display import Markdown, display
 
-from ssl_lib import explain, explain_figures, explain_text, present
+from ssl_lib import explain, explain_figures, explain_text, heatmap_stats, present
 from ssl_lib.profiles import explain_profile
 
 present.whole_tables()  # tables show every column and whole cells (the book shows them as they are)
@@ -344,7 +344,8 @@ Pearson correlation between the heat maps of two methods on the same image, aver
 """),
         ('code', """
 display(result.correlation.round(3))
-fig = explain_figures.plot_correlation(result.correlation)
+if heatmap_stats.any_scored(result.correlation, "mean_r"):  # every map constant: no matrix to draw
+    fig = explain_figures.plot_correlation(result.correlation)
 """),
         ('md', """
 Maps left out of the correlation and localisation, per explanation method and model: a constant
@@ -370,7 +371,8 @@ display(Markdown(explain_text.measures_text(result.localisation, explain_profile
 if len(result.localisation):
     display(explain_text.score_grid(result.localisation, "energy"))
     display(present.full_table(result.localisation.round(4), "localisation.csv", summary="Every score"))
-    fig = explain_figures.plot_localisation(result.localisation)
+    if heatmap_stats.any_scored(result.localisation):  # no model scored: the bars would be empty
+        fig = explain_figures.plot_localisation(result.localisation)
 """),
         ('code', 'display(Markdown(explain_text.findings(result.localisation)))'),
         ('md', """
@@ -381,7 +383,8 @@ Per model, the Pearson correlation between each gradient map and the occlusion m
         ('code', """
 if len(result.agreement):
     display(result.agreement.round(3))
-    fig = explain_figures.plot_agreement(result.agreement)
+    if heatmap_stats.any_scored(result.agreement, "mean_r"):  # nothing compared: no empty matrix
+        fig = explain_figures.plot_agreement(result.agreement)
     display(Markdown(explain_text.agreement_text(result.agreement)))
 else:
     print("occlusion is not among this profile's explanation methods")
