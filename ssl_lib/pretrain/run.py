@@ -60,9 +60,8 @@ import numpy as np
 import pandas as pd
 import torch
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.plugins.layer_sync import LayerSync
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins import LayerSync, TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -148,28 +147,28 @@ def _is_save_epoch(trainer: pl.Trainer, every_n: int) -> bool:
     return done % max(1, every_n) == 0 or final
 
 
-class EpochCheckpoint(ModelCheckpoint):
+class EpochCheckpoint(Callback):
     """``last.ckpt`` (what ``resume`` continues from) every ``every_n_epochs`` and at the final
     epoch; with ``keep="all"`` also ``checkpoints/epoch_XXXX.ckpt`` (XXXX = completed epochs) at
-    each of them, all kept (``"last"``: none of them, see ``PretrainConfig.keep_checkpoints``)."""
+    each of them, all kept (``"last"``: none of them, see ``PretrainConfig.keep_checkpoints``).
+
+    Through Lightning's public API only (``Trainer.save_checkpoint``, which writes on rank 0 through
+    the trainer's checkpoint IO, :class:`AtomicCheckpointIO` here); the trainer runs with
+    ``enable_checkpointing=False`` so that Lightning adds no checkpoint callback of its own.
+    """
 
     def __init__(self, dirpath: Path, every_n_epochs: int, keep: str = "last"):
-        super().__init__(dirpath=dirpath, filename="epoch_{done:04d}", auto_insert_metric_name=False,
-                         save_top_k=-1 if keep == "all" else 0, save_last=True, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
-                         enable_version_counter=False)
-        self.period = every_n_epochs
-
-    def _monitor_candidates(self, trainer):
-        out = super()._monitor_candidates(trainer)
-        out["done"] = torch.tensor(trainer.current_epoch + 1)
-        return out
+        self.dirpath, self.period, self.keep = Path(dirpath), every_n_epochs, keep
+        self._saved_step = -1
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._should_skip_saving_checkpoint(trainer) or not _is_save_epoch(trainer, self.period):
+        if trainer.sanity_checking or self._saved_step == trainer.global_step \
+                or not _is_save_epoch(trainer, self.period):
             return
-        candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        self._saved_step = trainer.global_step
+        if self.keep == "all":
+            trainer.save_checkpoint(self.dirpath / f"epoch_{trainer.current_epoch + 1:04d}.ckpt")
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
 
 
 class EncoderExport(Callback):
@@ -297,15 +296,20 @@ _NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                         else {"broadcast_buffers": False})
 
 
+def _interactive() -> bool:
+    """An interactive interpreter or a Jupyter kernel (both set ``sys.ps1``), as Lightning decides it."""
+    import sys
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
+
+
 def _strategy(world: int, strategy):
     """The Lightning strategy: ``auto`` for one device, else DDP without buffer broadcasts (see the
     module docstring); a named DDP strategy becomes that, any other strategy is used as given."""
     if world <= 1:
         return strategy if strategy is not None else "auto"
-    if strategy is None:
-        from lightning.fabric.utilities.imports import _IS_INTERACTIVE
-
-        strategy = "ddp_notebook" if _IS_INTERACTIVE else "ddp"
+    if strategy is None:  # in a notebook kernel DDP must fork; from a script it starts processes
+        strategy = "ddp_notebook" if _interactive() else "ddp"
     if isinstance(strategy, str) and strategy in _DDP_START:
         return DDPStrategy(start_method=_DDP_START[strategy], **_NO_BUFFER_BROADCAST)
     return strategy
@@ -406,11 +410,12 @@ def pretrain(
             precision=cfg.precision,
             max_epochs=cfg.epochs, max_steps=-1 if max_steps is None else int(max_steps),
             use_distributed_sampler=False, logger=False, enable_model_summary=False,
-            enable_progress_bar=progress, **flags,
+            enable_progress_bar=progress, enable_checkpointing=False, **flags,
             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
             plugins=[AtomicCheckpointIO(), *([BatchNormSync()] if cfg.sync_batchnorm and world > 1 else [])],
-            callbacks=[EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints),
-                       EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks],
+            # the checkpoint last, as Lightning orders its own checkpoint callbacks: it holds the others' state
+            callbacks=[EncoderExport(out_dir, cfg.every_n_epochs, profile), MetricsLog(out_dir), *callbacks,
+                       EpochCheckpoint(out_dir / "checkpoints", cfg.every_n_epochs, cfg.keep_checkpoints)],
         )
         start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if (resume and last.exists()) else None)
