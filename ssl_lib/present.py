@@ -187,6 +187,21 @@ def full_table(table: pd.DataFrame, filename: str, *, summary: str = "The full t
                 f'({len(table)} rows)</summary><div style="overflow-x:auto">{body}</div></details>')
 
 
+#: The columns of a run a reader compares at a glance (the rest: in the collapsible full table).
+RUN_KEY_COLUMNS = ("seed", "fold", "best_epoch", "accuracy", "auc", "f1", "train_size", "test_size", "time_s")
+
+
+def runs_view(rows: pd.DataFrame, filename: str = "runs.csv"):
+    """Fine-tuning runs (rows of ``finetune/results.csv``) as a page shows them: the key columns
+    (:data:`RUN_KEY_COLUMNS`, metrics to 3 decimals) as a small table, every column in a
+    collapsible section with a CSV download (:func:`full_table`). Returns an HTML display object."""
+    from IPython.display import HTML
+
+    key = rows[[c for c in RUN_KEY_COLUMNS if c in rows]].round(3)
+    small = key.to_html(index=False, classes="dataframe sslct-table", border=0)
+    return HTML(small + full_table(rows, filename, summary="Every column of these runs").data)
+
+
 # ----------------------------------------------------------------------------- reduction curves
 def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1")):
     """Figure 5 one panel at a time: pick a task and a metric (live widgets in JupyterLab, a

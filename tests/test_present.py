@@ -153,3 +153,13 @@ def test_whole_tables_shows_long_cells_and_many_columns():
         present.whole_tables()
         html = frame._repr_html_()
     assert "..." not in html and "x" * 80 in html and "c24" in html
+
+
+def test_runs_view_shows_key_columns_and_every_column_collapsed():
+    rows = pd.DataFrame([{"task": "covid", "init": "spark", "seed": s, "fold": -1, "best_epoch": 2, "accuracy": 0.91666,
+                          "auc": 1.0, "f1": 0.9, "train_size": 48, "test_size": 24, "time_s": 3.2, "lr": 1e-4,
+                          "profile": "smoke"} for s in (0, 1)])
+    page = present.runs_view(rows).data
+    small, rest = page.split("<details>", 1)
+    assert "<th>auc</th>" in small and "<th>lr</th>" not in small and "0.917" in small  # key columns, rounded
+    assert "<th>lr</th>" in rest and "download runs.csv" in page  # every column, collapsed, downloadable

@@ -192,7 +192,7 @@ per-slice test probabilities.
 rows = ft.run_grid(output_dir, [task], [init], [fraction], seeds, prof, device=device, workers=workers,
                    executor=cluster.make_executor(executor, **(executor_options or {})))
 name = ft.init_name(init, output_dir, prof.arch)
-rows[(rows["task"] == task) & (rows["init"] == name) & (rows["fraction"] == fraction)]
+present.runs_view(rows[(rows["task"] == task) & (rows["init"] == name) & (rows["fraction"] == fraction)])
 """, '9b0addbc'),
         ('md', """
 ## Training curves
