@@ -53,17 +53,21 @@ def _overlay(ax, image, heat_map, alpha, cmap):
 
 def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | None = None,
                   inits: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
-                  show_mask: bool = True, panel_size: float = 1.35):
+                  show_mask: bool = True, panel_size: float = 1.25):
     """The paper's Figure 4: one image per row (``n_examples`` per class, finding first, or the
     given positions ``rows``), the input in the first column (lesion outline in white where a
     mask exists), then one Grad-CAM overlay per method with the probability it gives the
-    explained class. Returns a matplotlib Figure."""
+    explained class, and a colour bar of the map's scale (min-max scaled per map to [0, 1]).
+    Returns a matplotlib Figure."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     rows = example_rows(heat, n_examples) if rows is None else np.asarray(rows, np.int64)
     inits = heat.inits if inits is None else list(inits)
     n_r, n_c = max(len(rows), 1), 1 + len(inits)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(panel_size * n_c, panel_size * n_r + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(panel_size * n_c + 0.8, panel_size * n_r + 0.5), squeeze=False,
+                             layout="constrained")
     for r, i in enumerate(rows):
         ax = axes[r, 0]
         _overlay(ax, heat.images[i], None, alpha, cmap)
@@ -82,7 +86,11 @@ def plot_examples(heat: HeatMaps, n_examples: int = 2, *, rows: Sequence[int] | 
         for ax in axes.ravel():
             ax.axis("off")
     fig.suptitle(f"Grad-CAM, {heat.task} test images (p: probability of the explained class)", fontsize=10)
-    fig.tight_layout()
+    if len(rows):
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes[:, 1:].ravel().tolist(), shrink=0.8,
+                           fraction=0.04, pad=0.02)
+        bar.set_label("heat (per map, scaled to [0, 1])", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
     return fig
 
 

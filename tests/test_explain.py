@@ -251,7 +251,11 @@ def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     assert explain_figures.plot_localisation(res.localisation.iloc[:0]) is None
     assert explain_figures.plot_agreement(res.agreement.iloc[:0]) is None
     assert len(figs[3].axes) == 5 * 6  # five methods x (input + 5 models)
-    assert len(figs[0].axes) == 4 * 6  # 2 positive + 2 negative rows, input + 5 methods
+    assert len(figs[0].axes) == 4 * 6 + 1  # 2 positive + 2 negative rows, input + 5 methods; the colour bar
+    assert figs[0].axes[-1].get_ylabel() == "heat (per map, scaled to [0, 1])"
+    from ssl_lib.present import legibility_problems
+
+    assert legibility_problems(figs[0]) == []  # no text under 8 pt, not wider than the text column
     plt.close("all")
     box = explain_figures.heatmap_browser(res.heat)
     assert box.children and len(box.children[0].children) == 3
