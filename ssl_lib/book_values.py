@@ -13,6 +13,7 @@ Values (strings, as the page prints them):
   validation-selected epoch is one of the full (unfrozen) epochs rather than a linear-phase one.
 * ``build_data``: which data each source of this build was (real, or the built-in synthetic
   set), one sentence per source, from the stores' metadata (no paths).
+* ``build_kind``: the same in a few words, for a page that quotes this build's numbers.
 * ``build_findings``: what this build found, verdicts only: the differences between
   initialisations that hold (:func:`ssl_lib.report.claims` of the results step's comparisons),
   or that none holds, with how many were tested.
@@ -34,6 +35,7 @@ NAMES: dict[str, str] = {
     "ft_runs": "fine-tuning runs in this study's results table",
     "ft_full_epoch_runs": "runs whose selected epoch is a full (unfrozen) epoch",
     "build_data": "which data each source of this build was, real or synthetic",
+    "build_kind": "in a few words: whether this build ran on synthetic data, real data or both",
     "build_findings": "the differences between initialisations that hold in this build",
     "spark_encoder_m": "SparK's ResNet-50 encoder, millions of parameters (paper profile)",
     "spark_fc_m": "the 1000-class layer timm's ResNet-50 adds, millions",
@@ -85,6 +87,20 @@ def build_data(output_dir: str | os.PathLike) -> str:
     return "; ".join(said) + "."
 
 
+def build_kind(output_dir: str | os.PathLike) -> str:
+    """"run on the built-in synthetic data", "run on real data" or "run on real and synthetic data"."""
+    from .present import synthetic_sources
+    from .paths import StudyPaths
+
+    stores = {p.parent.name for p in (StudyPaths(output_dir).root / "stores").glob("*/meta.json")}
+    if not stores:
+        return NOT_RUN
+    synthetic = set(synthetic_sources(output_dir))
+    if synthetic == stores:
+        return "run on the built-in synthetic data"
+    return "run on real data" if not synthetic else "run on real and synthetic data: see the intro"
+
+
 def build_findings(output_dir: str | os.PathLike) -> str:
     """The verdicts of the results step, as sentences (nothing but differences that hold)."""
     from .report import claims
@@ -111,5 +127,6 @@ def book_values(output_dir: str | os.PathLike) -> dict[str, str]:
     from .runs import load_results
 
     values = {**finetune_counts(load_results(output_dir)), **spark_params(),
-              "build_data": build_data(output_dir), "build_findings": build_findings(output_dir)}
+              "build_data": build_data(output_dir), "build_kind": build_kind(output_dir),
+              "build_findings": build_findings(output_dir)}
     return {name: values.get(name, NOT_RUN) for name in NAMES}

@@ -200,6 +200,12 @@ def test_the_intro_states_this_builds_data_and_verdicts(tmp_path):
     assert data.index("LIDC-IDRI") < data.index("COVID-19 CT") < data.index("OrganSMNIST")
     assert "**COVID-19 CT**: real data" in data and "**OrganSMNIST**: the built-in *synthetic*" in data
     assert "**LIDC-IDRI (pre-training)**: the built-in *synthetic*" in data and str(tmp_path) not in data
+    from ssl_lib.book_values import build_kind
+
+    assert build_kind(tmp_path) == "run on real and synthetic data: see the intro"
+    (tmp_path / "stores" / "covid" / "meta.json").write_text(json.dumps({"synthetic": {"profile": "x"}}))
+    assert build_kind(tmp_path) == "run on the built-in synthetic data"
+    (tmp_path / "stores" / "covid" / "meta.json").write_text(json.dumps({"synthetic": False}))
     row = {"task": "organs", "fraction": 1.0, "metric": "auc", "init_a": "random", "init_b": "spark", "n_runs": 3,
            "n_cases": 100, "diff": -0.1, "ci_low": -0.2, "ci_high": -0.05, "p_holm": 0.01, "holds": True,
            "synthetic": True}
