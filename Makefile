@@ -5,13 +5,15 @@
 #      make publish (run the study, push its book to the gh-pages branch),
 #      make notebooks (regenerate the notebook templates and the book's table of contents)
 #
-# The environment is a virtualenv keyed by the hash of requirements.txt, kept outside the clone
+# The environment is a virtualenv keyed by the hash of requirements.txt (what ssl_lib and the
+# notebooks import) and requirements-dev.txt (test and publishing tools), kept outside the clone
 # ($(SSL_CT_HOME), default ~/.cache/ssl-ct): repeat runs and other clones reuse it as long as the
-# pinned requirements are unchanged; a changed requirements.txt builds a fresh one.
+# pinned requirements are unchanged; a changed file builds a fresh one.
 
 PYTHON_BOOT ?= python3
 SSL_CT_HOME ?= $(HOME)/.cache/ssl-ct
-REQ_HASH := $(shell $(PYTHON_BOOT) -c "import hashlib,sys;print(hashlib.sha256(open('requirements.txt','rb').read()).hexdigest()[:12])")
+REQ_FILES := requirements.txt requirements-dev.txt
+REQ_HASH := $(shell $(PYTHON_BOOT) -c "import hashlib,sys;print(hashlib.sha256(b''.join(open(f,'rb').read() for f in sys.argv[1:])).hexdigest()[:12])" $(REQ_FILES))
 VENV ?= $(SSL_CT_HOME)/venv-$(REQ_HASH)
 PY := $(VENV)/bin/python
 PROFILE ?= quick
@@ -24,7 +26,7 @@ ifdef REPO_URL
 export SSL_CT_REPO_URL := $(REPO_URL)
 endif
 
-.PHONY: study book test install lab publish clean notebooks
+.PHONY: study book test test-fast install lab publish clean notebooks
 
 # ssl_lib is installed editable into the environment, so a kernel started anywhere (JupyterLab runs
 # notebooks in notebooks/) imports it; redone when the environment's ssl_lib is another clone's.
@@ -35,10 +37,10 @@ install: $(VENV)/.complete
 # No file prerequisite: the hash of requirements.txt is in the path, and a fresh clone's newer
 # file times must not trigger a rebuild of an environment that already matches.
 $(VENV)/.complete:
-	@echo ">> creating environment $(VENV) (once per requirements.txt version)"
+	@echo ">> creating environment $(VENV) (once per version of $(REQ_FILES))"
 	rm -rf "$(VENV)"
 	$(PYTHON_BOOT) -m venv "$(VENV)"
-	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	"$(VENV)/bin/python" -m pip check
 	touch "$@"
 
@@ -51,17 +53,26 @@ book: install
 test: install
 	"$(PY)" -m pytest -q tests $(PYTEST_ARGS)
 
+# The tests not marked slow (no study, no training run, no subprocess of the runner): quick
+# feedback while working; `make test` (what CI runs) runs everything.
+test-fast: install
+	"$(PY)" -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
+
 # The notebook templates (notebooks/*.ipynb) and the book's _toc.yml, generated from ssl_lib.templates:
 # edit the text there, then run this (a test checks that the committed files are what it writes).
 notebooks: install
 	"$(PY)" tools/make_notebooks.py
 
-# JupyterLab on the study: the notebooks run as they are (relative output_dir values are under the
-# repository root), on the study's kernel (ssl_lib/jupyter: no TCP warning in the terminal).
+# JupyterLab on the study, on working copies of the templates in lab/ (not tracked; a copy is
+# made once and never overwritten, so your edits and outputs stay yours and the committed
+# templates never change): relative output_dir values are under the repository root, kernels
+# use the study's kernel spec (ssl_lib/jupyter: no TCP warning in the terminal).
 LAB_ARGS ?=
+LAB_DIR ?= lab
 lab: install
+	@mkdir -p "$(LAB_DIR)"; for f in notebooks/*.ipynb; do [ -e "$(LAB_DIR)/$${f##*/}" ] || cp "$$f" "$(LAB_DIR)/"; done
 	JUPYTER_PATH="$(CURDIR)/ssl_lib/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))" "$(VENV)/bin/jupyter" lab \
-	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/$(LAB_DIR) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Publishing: the same build as `make study` (and as .github/workflows/book.yml), then ghp-import
 # commits the HTML to the $(PAGES_BRANCH) branch and pushes it to $(PAGES_REMOTE) (GitHub Pages

@@ -121,11 +121,13 @@ def test_study_kernel_is_quiet_when_shutdown_interrupts_a_handler(tmp_path):
 
 
 def test_make_lab_command():
-    """`make lab` starts JupyterLab at the repository on notebooks/, with the study's kernel spec,
-    and passes --allow-root exactly when run as root."""
+    """`make lab` starts JupyterLab at the repository on working copies of the templates (lab/, made
+    once, never overwritten), with the study's kernel spec, and passes --allow-root exactly when
+    run as root."""
     venv = Path(sys.executable).parent.parent
     dry = subprocess.run(["make", "-n", "lab", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     line = next(x for x in dry.replace("\\\n", " ").splitlines() if "jupyter" in x and " lab " in x)
     assert f'JUPYTER_PATH="{JUPYTER_DIR}' in line and f'--ServerApp.root_dir="{REPO}"' in line
-    assert "/lab/tree/notebooks" in line
+    assert "/lab/tree/lab" in line and "/lab/tree/notebooks" not in line
+    assert '[ -e "lab/${f##*/}" ] || cp "$f" "lab/"' in dry  # copies made once, a user's copy kept
     assert ("--allow-root" in line) == (os.getuid() == 0)
