@@ -17,7 +17,7 @@ from ssl_lib.data.readers.dicom import (decoder_help, frames_of, read_ct_slice, 
                                         stored_frames)
 from ssl_lib.data.store import StoreError
 
-# pydicom-data (pinned in requirements.txt) provides these real files offline, via pydicom.data
+# pydicom-data (pinned in requirements-dev.txt) provides these real files offline, via pydicom.data
 
 
 def reference(ds) -> np.ndarray:
