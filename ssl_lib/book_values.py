@@ -119,7 +119,7 @@ def build_findings(output_dir: str | os.PathLike) -> str:
         return (f"No difference between initialisations holds: of {n} tested (two-level test over runs and test "
                 "slices, Holm-corrected), none was large enough for this study's size.")
     return (f"Of {n} tested, these differences hold (two-level test over runs and test slices, "
-            "Holm-corrected): " + " ".join(said))
+            "Holm-corrected):\n\n" + "\n".join(f"- {c}" for c in said))
 
 
 def book_values(output_dir: str | os.PathLike) -> dict[str, str]:

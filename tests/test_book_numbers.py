@@ -211,7 +211,7 @@ def test_the_intro_states_this_builds_data_and_verdicts(tmp_path):
            "synthetic": True}
     stats.save_comparisons(tmp_path, pd.DataFrame([row, {**row, "task": "covid", "holds": False, "synthetic": False}]))
     found = build_findings(tmp_path)
-    assert found.startswith("Of 2 comparisons tested") and "OrgMNIST (synthetic), 100 %" in found
+    assert found.startswith("Of 2 comparisons tested") and "\n- OrgMNIST (synthetic), 100 %" in found  # a list
     assert "SparK beats Random in AUC" in found and "COVID-19" not in found  # only what holds
     stats.save_comparisons(tmp_path, pd.DataFrame([{**row, "holds": False}]))
     assert build_findings(tmp_path).startswith("No difference between initialisations holds: of 1 comparison tested")
