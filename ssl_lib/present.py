@@ -208,7 +208,7 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
     frame viewer in the book: :func:`ssl_lib.viewer.browser`)."""
     import matplotlib.pyplot as plt
 
-    from .report import INIT_LABELS, _order_inits, fraction_axis, summary, task_namer, task_rank
+    from .report import INIT_LABELS, _order_inits, fraction_axis, fraction_steps, summary, task_namer, task_rank
     from .viewer import browser
 
     s = summary(results, metrics)
@@ -225,7 +225,8 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
         for init in inits:
             d = s[(s["task"] == tasks[t]) & (s["init"] == init) & (s["metric"] == metrics[m])].sort_values("fraction")
             if len(d):
-                ax.errorbar(d["fraction"] * 100, d["mean"], yerr=d["std"].fillna(0), marker="o", capsize=3,
+                x = d["fraction"].astype(float).map(fraction_steps(results, tasks[t]))
+                ax.errorbar(x, d["mean"], yerr=d["std"].fillna(0), marker="o", capsize=3,
                             label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
         ax.set(title=f"{name(tasks[t])}: {metrics[m].upper()} (mean ± SD over runs)", ylabel=metrics[m].upper())
         fraction_axis(ax, results, tasks[t])

@@ -69,8 +69,8 @@ def test_table1_is_one_table_of_every_pretraining_and_task_beside_the_paper(tmp_
     assert t.loc[("parameters (M)", "this study"), ("pre-training", "BYOL")] == "24.0 M"
     assert t.loc[("parameters (M)", "paper"), ("pre-training", "BYOL")] == "70.1 M"
     assert t.loc[("training time", "this study"), ("pre-training", "SparK")] == "1.5 h (20 epochs)"
-    assert t.loc[("training time", "paper"), ("pre-training", "SparK")] == "14 d 4 h (900 epochs)"
-    assert t.loc[("peak memory (GB)", "this study"), ("pre-training", "SparK")] == "1.2 GB (CPU RSS)"
+    assert t.loc[("training time", "paper"), ("pre-training", "SparK")] == "14 d 4 h"
+    assert t.loc[("peak memory (GB)", "this study"), ("pre-training", "SparK")] == "1.2 GB RSS"
     # ResNet-18 encoder (11,176,512) + a linear layer 512 x 2 + 2
     assert t.loc[("parameters (M)", "this study"), ("fine-tuning", "COVID-19")] == "11.2 M"
     assert t.loc[("training time", "this study"), ("fine-tuning", "OrgMNIST")] == "1.5 min per run"
@@ -90,7 +90,7 @@ def test_figure5_axis_is_the_papers_every_fraction_with_images_per_class():
     fig = report.figure5(res, tasks=["covid"])
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["100%\n≈212/class", "50%\n≈106/class", "25%\n≈53/class"]  # every fraction, largest first
-    assert fig.axes[0].xaxis_inverted()
+    assert list(fig.axes[0].get_xticks()) == [0, 1, 2]  # one step apart, as the paper's axis
     caption = " ".join(t.get_text() for t in fig.texts)
     assert "error bars: ± 1 SD over those runs" in caption and "mean over 2 runs" in caption
 

@@ -446,8 +446,8 @@ we keep them in the column `f1_seed`.
 The cost of each pre-training and of fine-tuning per task, this study's beside the paper's (one
 RTX 3090, ResNet50, 900 pre-training epochs). Pre-training time is the sum of its epochs;
 fine-tuning time the mean over the runs on all training data. Peak memory is the GPU's on a GPU
-and the process's peak resident memory on a CPU, which is why a CPU build's figures are not
-comparable with the paper's.
+and the process's peak resident memory ("RSS") on a CPU, which is why a CPU build's figures are
+not comparable with the paper's.
 """, 'cell-table1-md'),
         ('code', 'report.table1(output_dir, results)', 'cell-table1'),
         ('md', """
