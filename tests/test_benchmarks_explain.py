@@ -1,6 +1,9 @@
+import pytest
+
 from benchmark_modules import load_benchmark
 
 
+@pytest.mark.slow
 def test_explain_benchmark_runs_tiny(capsys):
     mod = load_benchmark("explain_speed")
     times = mod.main(["--profile", "smoke", "--n", "6", "--threads", "1", "--inits", "random"])

@@ -1,10 +1,12 @@
 """The prepared GPU check runs end to end at smoke size on the CPU (the code path, not the speed)."""
 
 import numpy as np
+import pytest
 
 from benchmark_modules import load_benchmark
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_at_smoke_size_on_cpu(capsys):
     bench = load_benchmark("gpu_check")
     out = bench.main(["--device", "cpu", "--profile", "smoke", "--methods", "byol", "mocov2", "--steps", "2",

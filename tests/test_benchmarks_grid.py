@@ -1,6 +1,9 @@
+import pytest
+
 from benchmark_modules import load_benchmark
 
 
+@pytest.mark.slow
 def test_grid_benchmark_runs_tiny(capsys):
     mod = load_benchmark("grid_speed")
     seconds = mod.main(["--profile", "smoke", "--n", "40", "--inits", "2", "--workers", "2"])

@@ -1,10 +1,12 @@
 """The pre-training speed benchmark runs (tiny size, no timing assertions)."""
 
 import numpy as np
+import pytest
 
 from benchmark_modules import load_benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_runs_at_smoke_size(capsys):
     bench = load_benchmark("pretrain_speed")
     table = bench.main(["--profile", "smoke", "--steps", "2", "--warmup", "0", "--device", "cpu"])
@@ -15,6 +17,7 @@ def test_benchmark_runs_at_smoke_size(capsys):
     assert "overhead" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compile_column_at_smoke_size(capsys):
     """``--compile`` adds the compiled step's images/s (aot_eager here: inductor takes minutes on 2 cores)."""
     bench = load_benchmark("pretrain_speed")

@@ -1,10 +1,12 @@
 """The study speed benchmark runs end to end at smoke size on the CPU (no timing assertions)."""
 
 import numpy as np
+import pytest
 
 from benchmark_modules import load_benchmark
 
 
+@pytest.mark.slow
 def test_study_speed_runs_at_smoke_size(capsys):
     bench = load_benchmark("study_speed")
     out = bench.main(["--profile", "smoke", "--device", "cpu", "--steps", "1", "--warmup", "0",

@@ -48,6 +48,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 FORBIDDEN = ("Trainer.fit", "Traceback", "GPU available", "litlogger")
 # an absolute path in text: a slash-led path of two or more parts, not part of a URL
 ABS_PATH = re.compile(r"(?:^|[\s\"'(=\[,])(/(?:[\w.~-]+/)+[\w.~-]*)")

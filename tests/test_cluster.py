@@ -72,6 +72,7 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame):
         np.testing.assert_allclose(a[col].astype(float), b[col].astype(float), atol=1e-6, err_msg=col)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the job's process in /proc (Linux)")
 def test_grid_as_local_submitit_jobs_matches_serial_resumes_and_merges_once(tmp_path, monkeypatch):
     import shutil

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ssl_lib.paths import REPO
 
 RUN = r"""
@@ -23,6 +25,7 @@ print("steps", r.global_step)
 NOISE = ("GPU available", "TPU available", "litlogger", "Tip:", "Trainer.fit", "deprecated", "Warning")
 
 
+@pytest.mark.slow
 def test_pretraining_prints_no_lightning_chatter(tmp_path):
     """In a fresh interpreter (as in a notebook's kernel), with warnings shown as by default."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
@@ -49,6 +52,7 @@ print(all(logging.getLogger(n).level == logging.WARNING for n in LIGHTNING_LOGGE
 """
 
 
+@pytest.mark.slow
 def test_control_lightning_is_chatty_without_it():
     """The control, in a fresh interpreter (Lightning's handler binds the stderr of the moment it is
     imported): its INFO messages reach stderr until quietened, and not after."""

@@ -17,6 +17,8 @@ from ssl_lib.data.prepare import prepare_stores
 from ssl_lib.data.store import SliceStore
 from ssl_lib.paths import StudyPaths
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 
 def _study(out):
     paths = StudyPaths(out)

@@ -227,6 +227,7 @@ def test_gradcam_for_inits_and_cache(study, monkeypatch):
         explain.gradcam_for_inits(study, "covid", 0.5, 0, inits=["byol"])
 
 
+@pytest.mark.slow
 def test_run_gradcam_writes_tables_and_figures(study, monkeypatch):
     res = explain.run_gradcam(study, "covid", 1.0, 0, profile="smoke")
     assert res.files["correlation"].is_file() and res.files["localisation"].is_file()

@@ -223,6 +223,7 @@ def test_cached_features_give_the_same_run(study):
     assert cold["best_epoch"] == warm["best_epoch"]
 
 
+@pytest.mark.slow
 def test_grid_on_worker_processes_matches_serial(tmp_path):
     import shutil
 
@@ -282,6 +283,7 @@ def _brightened(records, sources, delta=60):
         yield r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["covid", "brain"])
 def test_changing_only_test_images_leaves_training_bit_identical(tmp_path, task):
     """No test slice enters a fitted quantity: normalisation, weights, curves, chosen epoch."""

@@ -87,6 +87,7 @@ def test_loader_pins_memory_and_keeps_workers():
     assert loader.pin_memory and loader.num_workers == 2 and loader.persistent_workers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_pretrain_bf16_mixed_on_cpu_steps_without_host_syncs(store, tmp_path, method):
     """Three bf16-mixed steps on the CPU (the GPU path's precision), in this process: finite losses, the
@@ -142,6 +143,7 @@ def test_compile_option_compiles_what_the_step_runs_in_place():
                                       moco.projection_head_momentum]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_compiled_step_gives_the_eager_loss_and_gradients(method):
     """Compiled with ``backend="aot_eager"`` (Dynamo capture and AOTAutograd's traced forward and backward,
@@ -246,6 +248,7 @@ def test_device_options_of_finetune_profiles():
         ft.device_options(ft.get_profile("smoke", precision="16-mixed"), "cpu")
 
 
+@pytest.mark.slow
 def test_finetune_bf16_autocast_on_cpu_gives_finite_metrics_without_step_syncs(monkeypatch):
     """Fine-tuning's full-model steps make no host-device sync (counted from every caller, torch's Adam
     included: its step counters stay on the host, also on a GPU); each epoch ends with the ones that

@@ -132,6 +132,7 @@ def test_the_study_keeps_a_copy_of_its_weights_without_their_path(r18, tmp_path)
     assert _same_backbone(apply_init(Classifier("resnet18", 2), load_init("imagenet", out, "resnet18")), _weights(seed=1))
 
 
+@pytest.mark.slow
 def test_the_grid_runs_the_imagenet_init_on_worker_processes_from_the_study_copy(r18, tmp_path):
     """Workers and cluster jobs get the init by name and read the study's copy; the paper profile's
     choice of the pre-training epoch ("best") does not apply to it (it has none)."""
@@ -205,6 +206,7 @@ def test_the_runner_checks_the_weights_before_anything_is_written(r18, tmp_path)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_manifest_keeps_the_weights_as_a_fingerprint_of_their_content(r18, tmp_path, monkeypatch):
     nb = tmp_path / "ft.ipynb"
     write_notebook(nb, [("params", "profile = 'quick'\noutput_dir = 'x'\nimagenet_weights = ''"),

@@ -39,6 +39,7 @@ print(nb.cells[1].outputs[0]["text"], end="")
 """
 
 
+@pytest.mark.slow
 def test_editable_install_kernel_in_notebooks_folder(tmp_path):
     """A fresh environment gets ssl_lib the way ``make install`` does it (pip's editable install,
     no build isolation); a notebook executed there with notebooks/ as its working folder and no

@@ -2,6 +2,7 @@
 name carries a marker (as a folder named after a patient would), every output byte searched."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from test_covid_real import make_real_covid
@@ -11,6 +12,7 @@ from ssl_lib.study import REDACTED, run_study, source_paths
 MARKER = "Doe_Jane_MARKER_1234"
 
 
+@pytest.mark.slow
 def test_no_output_byte_holds_a_source_path(tmp_path):
     data = tmp_path / MARKER
     covid = make_real_covid(data / "COVID-CT")

@@ -2,12 +2,15 @@
 quirks), a LIDC-IDRI tree and a user's own task (PNG slices + labels CSV) through every step of the
 study and into the book, with no source path in any output byte."""
 
+import pytest
 import json
 
 from test_covid_real import make_real_covid
 from test_ingest import lidc_tree
 from test_user_tasks import liver_folder
 from ssl_lib.study import run_study
+
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
 
 MARKER = "Doe_Jane_OWN_DATA_5678"
 

@@ -12,6 +12,8 @@ from ssl_lib.data.store import SliceRecord, SliceStore, write_store
 from ssl_lib.pretrain import (METHODS, PROFILES, PretrainError, get_config, load_encoder, load_module, param_table,
                               plot_views, pretrain, preview, view_browser)
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 EPOCHS = 5
 
 

@@ -17,6 +17,8 @@ import torch
 
 from ssl_lib.data.store import SliceRecord, write_store
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent('''

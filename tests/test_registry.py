@@ -107,6 +107,7 @@ def toy(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_toy_method_is_registered_from_one_file(toy):
     assert toy["methods"] == ["byol", "swav", "mocov2", "spark", "toy"]
     assert toy["label"] == "Toy" and toy["config"] == "ToyConfig"

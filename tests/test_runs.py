@@ -34,6 +34,7 @@ def test_results_layer_and_map_statistics_import_no_torch():
     assert loaded == "[]"
 
 
+@pytest.mark.slow
 def test_report_stats_explain_do_not_import_the_trainer():
     loaded = _fresh("import ssl_lib.report, ssl_lib.stats, ssl_lib.explain, ssl_lib.explain_figures, ssl_lib.present\n"
                     "print([m for m in ('ssl_lib.finetune', 'ssl_lib.cluster') if m in sys.modules])")

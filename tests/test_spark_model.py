@@ -198,6 +198,7 @@ def test_perfect_prediction_gives_zero_loss_and_image_reconstruction():
 
 
 # --- (e) training reduces the loss --------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["official", "light"])
 def test_loss_falls_with_adam_on_fixed_batch(decoder):
     torch.manual_seed(0)

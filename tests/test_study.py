@@ -28,6 +28,7 @@ def tiny_steps(tmp_path, monkeypatch):
     return good, bad
 
 
+@pytest.mark.slow
 def test_run_study_executes_and_times_steps(tmp_path, tiny_steps, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a headless server: figures must still be kept
     out = tmp_path / "out"
@@ -40,6 +41,7 @@ def test_run_study_executes_and_times_steps(tmp_path, tiny_steps, monkeypatch):
     assert (saved["seconds"] > 0).all()
 
 
+@pytest.mark.slow
 def test_failing_step_names_step_and_notebook(tmp_path, tiny_steps, monkeypatch):
     _, bad = tiny_steps
     monkeypatch.setattr(study, "STEPS", (study.Step("bad", str(bad)),))
@@ -57,6 +59,7 @@ def test_cli_parses_params():
         study._parse_extra(["novalue"])
 
 
+@pytest.mark.slow
 def test_book_builds_offline_with_executed_notebook(tmp_path, tiny_steps, monkeypatch):
     """The staged book builds to HTML; math is served from _static (no CDN); timings are on the reproduce page."""
     good, _ = tiny_steps
@@ -109,6 +112,7 @@ def _timed_notebook(path, name, sleep):
     return path
 
 
+@pytest.mark.slow
 def test_steps_run_side_by_side_once_their_inputs_are_done(tmp_path, monkeypatch):
     import json
     import os
@@ -139,6 +143,7 @@ def test_steps_run_side_by_side_once_their_inputs_are_done(tmp_path, monkeypatch
     assert seen["a"]["threads"] == str(max(1, cpus // 2)) and seen["b"]["threads"] == str(cpus)
 
 
+@pytest.mark.slow
 def test_a_failing_step_ends_the_steps_running_beside_it(tmp_path, tiny_steps, monkeypatch):
     import time
 
@@ -166,6 +171,7 @@ def test_reproduce_page_gets_the_wall_clock_table(tmp_path):
     assert "| book | 3.00 | (this build) |" in text  # the page is written before the book is built
 
 
+@pytest.mark.slow
 def test_kernels_of_the_runner_know_they_run_in_batch(tmp_path, monkeypatch):
     nb = tmp_path / "w.ipynb"
     write_notebook(nb, [("params", "profile = 'quick'\noutput_dir = 'x'"),
@@ -177,6 +183,7 @@ def test_kernels_of_the_runner_know_they_run_in_batch(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "batch.txt").read_text() == "True"
 
 
+@pytest.mark.slow
 def test_the_largest_ready_step_starts_first(tmp_path, monkeypatch):
     import json
 
@@ -208,6 +215,7 @@ launch_new_instance()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failures, expected", [(1, 0), (study.KERNEL_START_TRIES, 1)])
 def test_a_kernel_that_ends_before_it_starts_is_started_again(tmp_path, monkeypatch, failures, expected):
     """A step's kernel that ends before answering (in CI: its TCP port taken by a step started

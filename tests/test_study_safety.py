@@ -17,6 +17,8 @@ from ssl_lib import study
 from ssl_lib.runfolder import MARK, TEMP_NAME, RunFolder, StudyError
 from tools.nbtemplate import write_notebook
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -15,6 +15,8 @@ import sys
 import pytest
 from study_runs import REPO, check_study, run_cli
 
+pytestmark = pytest.mark.slow  # studies, training runs or subprocesses: minutes (make test-fast skips)
+
 ENV = {"SSL_CT_EXTRA_METHODS": "tests.toy_method"}
 
 
