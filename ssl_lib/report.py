@@ -23,6 +23,7 @@ from .reduction import STOP_F1
 from .baselines import BASELINE_INITS
 from .pretrain.registry import init_label, init_order, order_inits
 from .runs import load_curves  # noqa: F401  (re-exported for the notebooks)
+from .runs import synthetic_task_keys
 from .tasks import TASKS, order_tasks
 
 #: Initialisations in display order and their labels, from the method registry (ImageNet included:
@@ -87,8 +88,7 @@ def load_results(output_dir: str | os.PathLike, profile: str | None = None) -> p
 def is_synthetic(output_dir_or_results: str | os.PathLike | pd.DataFrame) -> bool:
     """True if any result row came from a synthetic store (the row's ``synthetic`` column: its store's meta)."""
     if isinstance(output_dir_or_results, pd.DataFrame):
-        res = output_dir_or_results
-        return bool("synthetic" in res and res["synthetic"].astype(str).str.lower().eq("true").any())
+        return bool(synthetic_task_keys(output_dir_or_results))
     res = runs.read_results(output_dir_or_results)
     return is_synthetic(res) if len(res) else False
 
@@ -97,22 +97,12 @@ def synthetic_tasks(output_dir_or_results) -> list[str]:
     """The tasks (display names, in table order) whose result rows came from a synthetic store."""
     res = output_dir_or_results if isinstance(output_dir_or_results, pd.DataFrame) \
         else runs.read_results(output_dir_or_results)
-    if res.empty or "synthetic" not in res:
-        return []
-    synthetic = res[res["synthetic"].astype(str).str.lower().eq("true")]
-    return [TASK_LABELS.get(t, t) for t in dict.fromkeys(synthetic["task"])]
+    synthetic = synthetic_task_keys(res)
+    return [TASK_LABELS.get(t, t) for t in dict.fromkeys(res["task"]) if t in synthetic] if len(res) else []
 
 
 #: What follows a task's name wherever its numbers came from the synthetic data set.
 SYNTHETIC_TAG = " (synthetic)"
-
-
-def synthetic_task_keys(frame: pd.DataFrame | None) -> set[str]:
-    """The tasks (keys) whose rows in ``frame`` (results, a summary or comparisons: any table
-    with ``task`` and ``synthetic`` columns) came from a synthetic store."""
-    if frame is None or len(frame) == 0 or "synthetic" not in frame or "task" not in frame:
-        return set()
-    return set(frame.loc[frame["synthetic"].astype(str).str.lower().eq("true"), "task"])
 
 
 def task_namer(frame: pd.DataFrame | None) -> Callable[[str], str]:
@@ -188,15 +178,14 @@ def table1(output_dir: str | os.PathLike, results: pd.DataFrame | None = None) -
     Rows: ("pre-training", method) for every method whose run wrote ``size.json``
     (:func:`ssl_lib.pretrain.run.write_size`) and ("fine-tuning", task) for every task of
     ``results`` (the paper's columns, as rows so that the table fits a page); columns (quantity,
-    "this study" | "paper"). Pre-training time is the sum of its
-    epochs; fine-tuning time the mean over the runs on all training data (the paper: until the
-    best epoch); peak memory is GPU memory on a GPU and the process's peak resident memory on a
-    CPU (the pre-training's ``memory`` field says which), not measured for fine-tuning runs.
+    "this study" | "paper"). Pre-training time is the sum of its epochs; fine-tuning time the
+    mean over the runs on all training data (the paper: until the best epoch); peak memory is
+    GPU memory on a GPU and the process's peak resident memory on a CPU (the pre-training's
+    ``memory`` field says which), not measured for fine-tuning runs.
     """
+    from .paths import StudyPaths
     from .pretrain.registry import get_method, method_names
     from .pretrain.run import SIZE_FILE
-
-    from .paths import StudyPaths
 
     paths = StudyPaths(output_dir)
     results = load_results(output_dir) if results is None else results

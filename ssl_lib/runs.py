@@ -54,6 +54,14 @@ class ResultsError(SslCtError, ValueError):
 
 
 # --------------------------------------------------------------------------- names and files
+def synthetic_task_keys(frame: pd.DataFrame | None) -> set[str]:
+    """The tasks (keys) whose rows in ``frame`` (results, a summary or comparisons: any table
+    with ``task`` and ``synthetic`` columns) came from a synthetic store."""
+    if frame is None or len(frame) == 0 or "synthetic" not in frame or "task" not in frame:
+        return set()
+    return set(frame.loc[frame["synthetic"].astype(str).str.lower().eq("true"), "task"])
+
+
 def run_name(fraction: float, seed: int, fold: int | None = -1) -> str:
     """``f{fraction}_s{seed}[_k{fold}]``, the file stem of a run's model/curves/predictions."""
     return f"f{float(fraction)}_s{int(seed)}" + (f"_k{int(fold)}" if fold is not None and fold >= 0 else "")

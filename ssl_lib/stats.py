@@ -74,7 +74,7 @@ from scipy import stats as sps
 
 from .runs import load_predictions  # noqa: F401  (re-exported for the notebooks)
 from .runs import prediction_probs as _probs
-from .runs import read_results, run_file
+from .runs import read_results, run_file, synthetic_task_keys
 
 METRICS = ("auc", "f1", "accuracy")
 
@@ -563,7 +563,5 @@ def compare_inits(output_dir: str | os.PathLike, *, tasks: Iterable[str] | None 
                                                      out["init_b"] + " better"),
                               np.where(out["n_runs"] < 2, "not testable (one run)", "no difference shown"))
     out["method"] = method_text(n_boot)
-    synthetic = (set(res.loc[res["synthetic"].astype(str).str.lower().eq("true"), "task"])
-                 if "synthetic" in res else set())
-    out["synthetic"] = out["task"].isin(synthetic)  # a task's rows from a synthetic store: tagged where shown
+    out["synthetic"] = out["task"].isin(synthetic_task_keys(res))  # tagged wherever the task is shown
     return out[COMPARISON_COLUMNS]
