@@ -72,15 +72,12 @@ def spark_params() -> dict[str, str]:
 
 def build_data(output_dir: str | os.PathLike) -> str:
     """One sentence per data source of the study: real data, or the built-in synthetic set."""
-    from .present import SOURCE_NAMES, synthetic_sources
-    from .paths import StudyPaths
+    from .present import SOURCE_NAMES, study_sources, synthetic_sources
 
-    stores = sorted(p.parent.name for p in (StudyPaths(output_dir).root / "stores").glob("*/meta.json"))
+    stores = study_sources(output_dir)
     if not stores:
         return NOT_RUN
     synthetic = set(synthetic_sources(output_dir))
-    order = list(SOURCE_NAMES)
-    stores.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
     said = [f"**{SOURCE_NAMES.get(n, n)}**: " + ("the built-in *synthetic* CT data set (simulated, not patients)"
                                                   if n in synthetic else "real data, as the reader supplied it")
             for n in stores]
@@ -89,10 +86,9 @@ def build_data(output_dir: str | os.PathLike) -> str:
 
 def build_kind(output_dir: str | os.PathLike) -> str:
     """"run on the built-in synthetic data", "run on real data" or "run on real and synthetic data"."""
-    from .present import synthetic_sources
-    from .paths import StudyPaths
+    from .present import study_sources, synthetic_sources
 
-    stores = {p.parent.name for p in (StudyPaths(output_dir).root / "stores").glob("*/meta.json")}
+    stores = set(study_sources(output_dir))
     if not stores:
         return NOT_RUN
     synthetic = set(synthetic_sources(output_dir))

@@ -31,22 +31,31 @@ SOURCE_NAMES = {"lidc": "LIDC-IDRI (pre-training)", "covid": "COVID-19 CT", "org
 
 
 # ----------------------------------------------------------------------------- synthetic data
+def study_sources(output_dir: str | os.PathLike) -> list[str]:
+    """Names of the study's stores (those with metadata), in a fixed order: the paper's sources
+    (:data:`SOURCE_NAMES`) first, then the others by name."""
+    order = list(SOURCE_NAMES)
+    names = [p.parent.name for p in (StudyPaths(output_dir).root / "stores").glob("*/meta.json")]
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 def synthetic_sources(output_dir: str | os.PathLike, shown: Sequence[str] | None = None) -> list[str]:
-    """Names of the study's stores built from the synthetic data set (``meta["synthetic"]``), in a
-    fixed order; only those among ``shown`` (the stores a page shows numbers of) where given."""
+    """Names of the study's stores built from the synthetic data set (``meta["synthetic"]``), in
+    :func:`study_sources`' order; only those among ``shown`` (the stores a page shows numbers of)
+    where given."""
     root = StudyPaths(output_dir).root / "stores"
     names = []
-    for meta_file in sorted(root.glob("*/meta.json")):
-        if shown is not None and meta_file.parent.name not in shown:
+    for name in study_sources(output_dir):
+        if shown is not None and name not in shown:
             continue
+        meta_file = root / name / "meta.json"
         try:
             meta = json.loads(meta_file.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{meta_file}: unreadable store metadata ({err})") from err
         if meta.get("synthetic"):
-            names.append(meta_file.parent.name)
-    order = list(SOURCE_NAMES)
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+            names.append(name)
+    return names
 
 
 def whole_tables() -> None:

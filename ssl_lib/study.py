@@ -734,7 +734,8 @@ def stage_book(paths: StudyPaths) -> Path:
 
     Each notebook becomes a page as :func:`_copy_without_widget_state` prepares it: no live
     widgets or progress bars, no local paths, and the synthetic-data notice where a source whose
-    numbers the page shows was synthetic (:func:`page_sources`, :func:`ssl_lib.present.synthetic_notice`). ``<output>/book`` is the runner's own
+    numbers the page shows was synthetic (:func:`page_sources`,
+    :func:`ssl_lib.present.synthetic_notice`). ``<output>/book`` is the runner's own
     folder: staging refuses a folder it did not create (and an output folder that is not a
     study's), and empties only that folder.
     """
