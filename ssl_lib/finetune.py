@@ -547,10 +547,17 @@ def _fit(model: Classifier, train_x, train_y, val_x, val_y, prof: FinetuneProfil
 
 
 def _progress(total: int, show: bool, desc: str):
+    """A progress bar: a widget for a person in JupyterLab, plain text in a batch run (the runner,
+    papermill's command line: :func:`ssl_lib.widgets.batch_run`), where a widget would be stored
+    in the executed notebook as a placeholder frozen at its first value."""
     if not show:
         return None
-    from tqdm.auto import tqdm
+    from .widgets import batch_run
 
+    if batch_run():
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False)
 
 

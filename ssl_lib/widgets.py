@@ -20,9 +20,30 @@ BATCH_ENV = "SSL_CT_BATCH"
 NOTE = "(interactive widget: open this notebook in JupyterLab to use it)"
 
 
+#: Programs that execute notebooks without a person (their command line names one of these): a
+#: kernel they start shows pre-rendered frames as under the study runner.
+BATCH_EXECUTORS = ("papermill", "nbconvert", "nbclient")
+
+
+def _parent_command() -> str:
+    """The command line of this process's parent ('' where it cannot be read)."""
+    try:
+        import psutil
+
+        return " ".join(psutil.Process().parent().cmdline())
+    except Exception:  # noqa: BLE001 - no parent, or no access: not a batch executor we can name
+        return ""
+
+
 def batch_run() -> bool:
-    """Whether this kernel runs a notebook in batch (the study runner), not for a person."""
-    return os.environ.get(BATCH_ENV, "") not in ("", "0")
+    """Whether this kernel runs a notebook in batch, not for a person: the study runner (which
+    sets ``SSL_CT_BATCH=1``; ``SSL_CT_BATCH=0`` forces live widgets), or a kernel that papermill's
+    or nbconvert's command line started (a user's ``papermill notebooks/07_reduction.ipynb out.ipynb``
+    gets the same pre-rendered frames as the runner's pages)."""
+    value = os.environ.get(BATCH_ENV, "")
+    if value:
+        return value != "0"
+    return any(name in _parent_command() for name in BATCH_EXECUTORS)
 
 
 def batch_note():
