@@ -154,9 +154,10 @@ const a = Array.from(document.querySelectorAll('.admonition')).find(e => /Synthe
 return a ? a.innerText : '';
 """
 
-#: Tables of this build that name a synthetic task (``arguments[0]``: their names) without its tag (the paper's published Table 2,
-#: which holds the paper's numbers, names the tasks as the paper does).
-UNTAGGED_JS = """
+#: Tables of this build that name a synthetic task (``arguments[0]``: their names) without its
+#: tag (the paper's published Table 2, which holds the paper's numbers, names the tasks as the
+#: paper does). A raw string: the escapes are JavaScript's.
+UNTAGGED_JS = r"""
 const out = [];
 for (const t of document.querySelectorAll('article table')) {
   if (t.innerText.includes('0.919 \u00b1 0.015') && !t.innerText.includes('(synthetic)')) continue;
