@@ -217,7 +217,7 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
     frame viewer in the book: :func:`ssl_lib.viewer.browser`)."""
     import matplotlib.pyplot as plt
 
-    from .report import INIT_LABELS, _order_inits, fraction_axis, fraction_steps, summary, task_namer, task_rank
+    from .report import _order_inits, reduction_panel, summary, task_namer, task_rank
     from .viewer import browser
 
     s = summary(results, metrics)
@@ -231,15 +231,8 @@ def reduction_browser(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f
 
     def render(t: int, m: int):
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        for init in inits:
-            d = s[(s["task"] == tasks[t]) & (s["init"] == init) & (s["metric"] == metrics[m])].sort_values("fraction")
-            if len(d):
-                x = d["fraction"].astype(float).map(fraction_steps(results, tasks[t]))
-                ax.errorbar(x, d["mean"], yerr=d["std"].fillna(0), marker="o", capsize=3,
-                            label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
-        ax.set(title=f"{name(tasks[t])}: {metrics[m].upper()} (mean ± SD over runs)", ylabel=metrics[m].upper())
-        fraction_axis(ax, results, tasks[t])
-        ax.grid(alpha=0.3)
+        reduction_panel(ax, s, results, tasks[t], metrics[m], inits)
+        ax.set_title(f"{name(tasks[t])}: {metrics[m].upper()} (mean ± SD over runs)")
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         return fig

@@ -404,6 +404,22 @@ def spread_caption(results: pd.DataFrame) -> str:
     return f"Points: mean over {n} runs (seeds or CV folds); error bars: ± 1 SD over those runs."
 
 
+def reduction_panel(ax, summary_table: pd.DataFrame, results: pd.DataFrame, task: str, metric: str,
+                    inits: Sequence[str]) -> None:
+    """One panel of Figure 5 on ``ax``: ``metric`` of ``task`` per init (mean ± SD over runs, from
+    :func:`summary`) at each reduction step (:func:`fraction_axis`); random init dashed."""
+    s = summary_table
+    steps = fraction_steps(results, task)
+    for init in inits:
+        d = s[(s["task"] == task) & (s["init"] == init) & (s["metric"] == metric)].sort_values("fraction")
+        if len(d):
+            ax.errorbar(d["fraction"].astype(float).map(steps), d["mean"], yerr=d["std"].fillna(0), marker="o",
+                        capsize=3, label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
+    fraction_axis(ax, results, task)
+    ax.set_ylabel(metric.upper() if metric == "auc" else metric.capitalize())
+    ax.grid(alpha=0.3)
+
+
 def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, tasks: Sequence[str] | None = None,
             include_random: bool = True):
     """Figure 5: metric vs training fraction per init (mean ± std over runs), one panel per task x metric."""
@@ -417,19 +433,8 @@ def figure5(results: pd.DataFrame, metrics: Sequence[str] = ("auc", "f1"), *, ta
     inits = [i for i in _order_inits(s["init"]) if include_random or i != "random"]
     for r, metric in enumerate(metrics):
         for c, task in enumerate(tasks):
-            ax = axes[r][c]
-            steps = fraction_steps(results, task)
-            for init in inits:
-                d = s[(s["task"] == task) & (s["init"] == init) & (s["metric"] == metric)].sort_values("fraction")
-                if d.empty:
-                    continue
-                ax.errorbar(d["fraction"].astype(float).map(steps), d["mean"], yerr=d["std"].fillna(0), marker="o",
-                            capsize=3,
-                            label=INIT_LABELS.get(init, init), linestyle="--" if init == "random" else "-")
-            ax.set_title(name(task))
-            fraction_axis(ax, results, task)
-            ax.set_ylabel(metric.upper() if metric == "auc" else metric.capitalize())
-            ax.grid(alpha=0.3)
+            reduction_panel(axes[r][c], s, results, task, metric, inits)
+            axes[r][c].set_title(name(task))
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0.02), fontsize=9)
