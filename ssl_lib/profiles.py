@@ -212,7 +212,7 @@ _SYNTHETIC["paper"] = _SYNTHETIC["paper-demo"]
 SYNTHETIC_NAMES = tuple(_SYNTHETIC)
 
 #: quick: 100 %, 25 % (the headline comparison: all labels, few labels) and 10 %, a third point for
-#: Figure 5's curve that costs a tenth of a 100 % run
+#: Figure 5's curve (its runs train on a tenth of the data)
 _QUICK_FRACTIONS = {t: (1.0, 0.25, 0.1) for t in PAPER_FRACTIONS}
 _FINETUNE: dict[str, FinetuneProfile] = {
     "smoke": FinetuneProfile("smoke", "resnet18", 32, 2, 1, batch_size=16,
